@@ -22,6 +22,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$ROOT/.venv"
 ENGINE_VENV="$ROOT/.venv-engine"
 CACHE="$ROOT/.cache/bootstrap"
+# Built once per user and reused by every clone (the llama.cpp build takes minutes).
+TOOL_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/appliance"
 TORCH_VERSION="2.13.0"
 TORCH_CPU_INDEX="https://download.pytorch.org/whl/cpu"
 LLAMA_CPP_VERSION="0.3.36"
@@ -64,27 +66,27 @@ install_torch() {
 # with its sibling conversion/ and gguf-py/) and the native llama-server binary, built from the same
 # sources so that converter, quantizer and server agree on the GGUF format.
 install_llama_cpp_tools() {
-  local share="$VENV/share/llama.cpp" sdist_dir="$CACHE/sdist"
-  local src="$CACHE/llama_cpp_python-$LLAMA_CPP_VERSION"
+  local share="$VENV/share/llama.cpp" sdist_dir="$TOOL_CACHE/sdist"
+  local src="$TOOL_CACHE/llama_cpp_python-$LLAMA_CPP_VERSION" build="$TOOL_CACHE/llama-build-$LLAMA_CPP_VERSION"
   if [ ! -f "$src/vendor/llama.cpp/convert_hf_to_gguf.py" ]; then
     mkdir -p "$sdist_dir"
     pip_in "$VENV" download --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_CPP_VERSION" -d "$sdist_dir"
-    tar -xzf "$sdist_dir/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz" -C "$CACHE"
+    tar -xzf "$sdist_dir/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz" -C "$TOOL_CACHE"
   fi
   local vendor="$src/vendor/llama.cpp"
   rm -rf "$share.tmp" && mkdir -p "$share.tmp"
   cp -r "$vendor/convert_hf_to_gguf.py" "$vendor/conversion" "$vendor/gguf-py" "$share.tmp/"
   [ -d "$vendor/models" ] && mkdir -p "$share.tmp/models" && cp -r "$vendor"/models/*.jinja "$share.tmp/models/" 2>/dev/null || true
-  if [ ! -x "$CACHE/llama-build/bin/llama-server" ]; then
+  if [ ! -x "$build/bin/llama-server" ]; then
     say "building llama-server from llama.cpp's sources (a few minutes on 2 cores, once)"
-    cmake -S "$vendor" -B "$CACHE/llama-build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
+    cmake -S "$vendor" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
       -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
-      -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >"$CACHE/llama-cmake.log" 2>&1 ||
-      die "cmake failed for llama-server (log: $CACHE/llama-cmake.log). Install cmake and a C++ compiler."
-    cmake --build "$CACHE/llama-build" --target llama-server -j "$(nproc)" >"$CACHE/llama-build.log" 2>&1 ||
-      die "building llama-server failed (log: $CACHE/llama-build.log)."
+      -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >"$TOOL_CACHE/llama-cmake.log" 2>&1 ||
+      die "cmake failed for llama-server (log: $TOOL_CACHE/llama-cmake.log). Install cmake and a C++ compiler."
+    cmake --build "$build" --target llama-server -j "$(nproc)" >"$TOOL_CACHE/llama-build.log" 2>&1 ||
+      die "building llama-server failed (log: $TOOL_CACHE/llama-build.log)."
   fi
-  cp "$CACHE/llama-build/bin/llama-server" "$share.tmp/llama-server"
+  cp "$build/bin/llama-server" "$share.tmp/llama-server"
   rm -rf "$share" && mv "$share.tmp" "$share"
 }
 
@@ -133,7 +135,7 @@ setup() {
   fi
   local dev py
   dev="$(device)"; py="$(pick_python)"
-  mkdir -p "$CACHE"
+  mkdir -p "$CACHE" "$TOOL_CACHE"
   install_appliance_env "$dev" "$py"
   install_engine_env "$dev" "$py"
   export APPLIANCE_PYTHON="${APPLIANCE_PYTHON:-$VENV/bin/python}"

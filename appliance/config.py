@@ -139,12 +139,11 @@ def load(cls: type, path: str | Path | None = None, overrides: list[str] | None 
             kwargs[key] = _coerce(value, hints[key])
         except ValueError as e:
             problems.append(f"{where}: {e}")
+    cfg = cls(**kwargs)  # keys with type problems keep their defaults, so the checks below still run
+    problems += validate(cfg)
     if problems:
-        raise ConfigError(problems, source=cls.__name__, hint=f"see `appliance {SECTIONS.get(cls, '')} --help-config` for every key")
-    cfg = cls(**kwargs)
-    problems = validate(cfg)
-    if problems:
-        raise ConfigError(problems, source=cls.__name__)
+        raise ConfigError(problems, source=cls.__name__,
+                          hint=f"see `appliance {SECTIONS.get(cls, '')} --help-config` for every key")
     return cfg
 
 
