@@ -76,7 +76,7 @@ class TrainConfig:
 class ExportConfig:
     """Export a merged model to deployable, signed artifacts."""
 
-    formats: list[str] = doc(["gguf:q4_k_m"], "Formats to write: gguf:q4_k_m, gguf:q8_0, gguf:f16, awq, gptq.")
+    formats: list[str] = doc(["gguf:q4_k_m"], "Formats to write: gguf:q4_k_m, gguf:q8_0, gguf:f16, awq, gptq, hf (plain copy of the HF folder).")
     calibration_samples: int = doc(64, "Rows of the run's training data used to calibrate AWQ / GPTQ.")
     group_size: int = doc(0, "AWQ/GPTQ quantization group size; 0 = the largest of 128/64/32 that divides every Linear input width.")
     eval_samples: int = doc(50, "Held-out rows used to score each artifact (0 skips scoring).")
@@ -237,7 +237,7 @@ def validate(cfg: Any) -> list[str]:
         if cfg.run_name and ("/" in cfg.run_name or cfg.run_name.startswith(".")):
             p.append(f"run_name: must be a plain directory name (got {cfg.run_name!r})")
     elif isinstance(cfg, ExportConfig):
-        allowed = {"gguf:q4_k_m", "gguf:q8_0", "gguf:f16", "awq", "gptq"}
+        allowed = {"gguf:q4_k_m", "gguf:q8_0", "gguf:f16", "awq", "gptq", "hf"}
         bad = [f for f in cfg.formats if f not in allowed]
         if bad:
             p.append(f"formats: unknown {', '.join(bad)}; choose from {', '.join(sorted(allowed))}")
