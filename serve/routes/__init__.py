@@ -1,0 +1,1 @@
+"""Thin FastAPI routers: parse, call the Gateway / ArtifactStore, shape the response."""
