@@ -1,0 +1,211 @@
+"""The SFT recipe on a tiny random-init Llama (fast) and, once, on the embedded SmolLM2 (slow).
+
+Checked effects: base weights unchanged and LoRA weights changed, loss falls, the run directory
+holds every file with its provenance, keep-last prunes, packing trains, and a SIGKILLed run resumes
+with the same optimizer state and then produces exactly the losses of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from train_fixtures import make_tiny_llama, small_dataset, tiny_train_config
+
+
+@pytest.fixture(scope="module")
+def tiny(base_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return {"model": make_tiny_llama(base_model, root / "tiny-llama"), "dataset": small_dataset(root / "train.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """A fresh workspace for this module's runs (run names are fixed, so never reuse one)."""
+    from appliance.workspace import Workspace
+
+    return Workspace.open(tmp_path_factory.mktemp("train-ws"))
+
+
+@pytest.fixture(scope="module")
+def trained(ws, tiny):
+    """One recipe run driven step by step, so the in-memory base weights can be compared."""
+    from appliance.train import Recipe
+
+    cfg = tiny_train_config(tiny["model"], tiny["dataset"], "tiny-basic", max_steps=8, save_every=2, keep_last=2)
+    recipe = Recipe(cfg, ws)
+    recipe.setup(resume=False)
+    model = recipe.accelerator.unwrap_model(recipe.model)
+    named = dict(model.named_parameters())
+    before = {n: p.detach().clone() for n, p in named.items()}
+    recipe.train()
+    recipe.save()
+    recipe.log.close()
+    after = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return {"run_dir": recipe.run_dir, "before": before, "after": after, "cfg": cfg}
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_base_frozen_lora_changed(trained):
+    before, after = trained["before"], trained["after"]
+    lora = [n for n in before if "lora_" in n]
+    base = [n for n in before if "lora_" not in n]
+    assert lora and base
+    assert all(before[n].equal(after[n]) for n in base), "a base weight changed"
+    changed = [n for n in lora if not before[n].equal(after[n])]
+    assert len(changed) == len(lora), f"{len(lora) - len(changed)} LoRA tensors never changed"
+
+
+def test_loss_falls(trained):
+    recs = _records(trained["run_dir"])
+    train = [r["loss"] for r in recs if "loss" in r]
+    evals = [r["eval_loss"] for r in recs if "eval_loss" in r]
+    assert len(train) == 8
+    assert sum(train[-2:]) / 2 < sum(train[:2]) / 2
+    assert evals[-1] < evals[0]
+    assert all(r["tokens_per_s"] > 0 and r["lr"] >= 0 for r in recs if "loss" in r)
+
+
+def test_run_dir_complete_with_provenance(trained, tiny):
+    from appliance.models import folder_digest
+
+    run_dir = trained["run_dir"]
+    for name in ("run.yaml", "run.json", "metrics.jsonl", "loss.png", "adapter/adapter_model.safetensors",
+                 "adapter/adapter_config.json", "adapter/tokenizer.json", "adapter/chat_template.jinja"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "completed" and info["steps"] == 8 and info["finished"]
+    assert info["base_model"]["digest"] == folder_digest(tiny["model"])
+    assert info["dataset"]["digest"] == hashlib.sha256(tiny["dataset"].read_bytes()).hexdigest()
+    assert info["eval_dataset"]["split_from"] == str(tiny["dataset"])
+    for pkg in ("torch", "transformers", "peft", "appliance"):
+        assert info["versions"][pkg]
+    assert info["eval_loss"] < info["eval_loss_initial"]
+    import yaml
+
+    assert yaml.safe_load((run_dir / "run.yaml").read_text())["lr"] == trained["cfg"].lr
+
+
+def test_keep_last_prunes_old_checkpoints(trained):
+    ckpts = sorted(p.name for p in (trained["run_dir"] / "checkpoints").iterdir())
+    assert ckpts == ["checkpoint-6", "checkpoint-8"]
+    state = json.loads((trained["run_dir"] / "checkpoints/checkpoint-8/state.json").read_text())
+    assert state["step"] == 8
+
+
+def test_latest_run_is_the_finished_one(ws, trained):
+    assert ws.run_dir(None).name in {p.name for p in ws.runs.iterdir() if (p / "adapter").is_dir()}
+
+
+_KILLER = """
+import os, signal, sys
+from appliance import checkpoint
+from appliance.workspace import Workspace
+from appliance.train import train
+sys.path.insert(0, {tests!r})
+from train_fixtures import tiny_train_config
+real_save = checkpoint.save
+def save_then_die(run_dir, state, *a, **kw):
+    out = real_save(run_dir, state, *a, **kw)
+    if state["step"] == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+checkpoint.save = save_then_die
+train(tiny_train_config({model!r}, {dataset!r}, "tiny-killed", keep_last=10), Workspace.open({home!r}))
+"""
+
+
+def test_sigkilled_run_resumes_exactly(ws, tiny):
+    import torch
+    from safetensors.torch import load_file
+
+    from appliance.train import train
+
+    full = train(tiny_train_config(tiny["model"], tiny["dataset"], "tiny-full", keep_last=10), ws)
+
+    code = _KILLER.format(tests=str(Path(__file__).parent), model=str(tiny["model"]), dataset=str(tiny["dataset"]),
+                          home=str(ws.home))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    killed = ws.runs / "tiny-killed"
+    assert json.loads((killed / "run.json").read_text())["status"] == "running"
+    assert not (killed / "adapter").exists()
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+
+    # same optimizer state at the step the kill followed
+    a = torch.load(full / "checkpoints/checkpoint-4/optimizer.pt", weights_only=False)
+    b = torch.load(killed / "checkpoints/checkpoint-4/optimizer.pt", weights_only=False)
+    assert a["state"].keys() == b["state"].keys() and a["state"]
+    for k in a["state"]:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.allclose(a["state"][k][name], b["state"][k][name], atol=1e-6), (k, name)
+
+    resumed = train(tiny_train_config(tiny["model"], tiny["dataset"], "tiny-killed", keep_last=10), ws, resume=True)
+    steps = [r["step"] for r in _records(resumed) if "loss" in r]
+    assert steps == list(range(1, 9)), "every step logged exactly once"
+    want = {r["step"]: r["loss"] for r in _records(full) if "loss" in r}
+    got = {r["step"]: r["loss"] for r in _records(resumed) if "loss" in r}
+    for step in range(5, 9):
+        assert got[step] == pytest.approx(want[step], abs=1e-5), step
+    wa = load_file(str(full / "adapter/adapter_model.safetensors"))
+    wb = load_file(str(resumed / "adapter/adapter_model.safetensors"))
+    assert wa.keys() == wb.keys()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    assert json.loads((resumed / "run.json").read_text())["status"] == "completed"
+
+
+def test_packing_trains(ws, tiny):
+    from appliance.train import train
+
+    run = train(tiny_train_config(tiny["model"], tiny["dataset"], "tiny-packed", packing=True, max_steps=6,
+                                  batch_size=2, max_seq_len=256), ws)
+    info = json.loads((run / "run.json").read_text())
+    assert info["dataset"]["rows"] < info["dataset"]["examples"], "examples were packed into fewer rows"
+    losses = [r["loss"] for r in _records(run) if "loss" in r]
+    assert losses[-1] < losses[0]
+    assert info["eval_loss"] < info["eval_loss_initial"]
+
+
+def test_qlora_smoke_on_cpu(ws, tiny):
+    """bitsandbytes NF4 on CPU is slow: three steps, just enough to see it learn and save."""
+    from safetensors.torch import load_file
+
+    from appliance.train import train
+
+    run = train(tiny_train_config(tiny["model"], tiny["dataset"], "tiny-qlora", method="qlora", max_steps=3,
+                                  save_every=0, eval_fraction=0.0), ws)
+    info = json.loads((run / "run.json").read_text())
+    assert info["method"] == "qlora" and info["status"] == "completed"
+    weights = load_file(str(run / "adapter/adapter_model.safetensors"))
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
+
+
+def test_cli_refuses_existing_run_and_explains(ws, tiny, trained, capsys):
+    from appliance.cli import main
+
+    rc = main(["train", "--home", str(ws.home), "--model", str(tiny["model"]), "--run-name", "tiny-basic"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "already exists" in err and "--resume" in err
+
+
+def test_cli_help_config_lists_every_key(capsys):
+    import dataclasses
+
+    from appliance.cli import main
+    from appliance.config import TrainConfig
+
+    assert main(["train", "--help-config"]) == 0
+    out = capsys.readouterr().out
+    assert all(f.name in out for f in dataclasses.fields(TrainConfig))
