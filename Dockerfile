@@ -98,7 +98,7 @@ RUN "${VIRTUAL_ENV}/bin/python" /tmp/requirements.py /tmp/pyproject.toml train e
     && rm /tmp/requirements.py /tmp/requirements.txt /tmp/pyproject.toml
 COPY . /opt/appliance/app
 RUN "${VIRTUAL_ENV}/bin/pip" install --no-cache-dir --no-deps /opt/appliance/app \
-    && rm -rf /opt/appliance/app/build
+    && rm -rf /opt/appliance/app/build /opt/appliance/app/*.egg-info
 
 # A non-root user owns the workspace; a new named volume takes this folder's owner.
 RUN useradd --uid "${APPLIANCE_UID}" --gid 0 --create-home --home-dir /home/appliance --shell /bin/bash appliance \
