@@ -17,6 +17,7 @@ import pty
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -27,8 +28,6 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-
-from conftest import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -297,6 +296,12 @@ def test_requirements_helper_reads_pyproject(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # The healthcheck probe
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class _Health(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's name)
         self.send_response(200 if self.path == "/health" else 503)
@@ -308,7 +313,7 @@ class _Health(BaseHTTPRequestHandler):
 
 
 def test_healthcheck_probe_follows_the_gateway():
-    port = free_port()
+    port = _free_port()
     server = HTTPServer(("127.0.0.1", port), _Health)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
