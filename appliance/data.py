@@ -231,10 +231,11 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
 
 
 def _end_of_turn(tokenizer, text: str, pos: int) -> int:
-    """Extend `pos` over whitespace and one special token that follows it (the end-of-turn marker)."""
+    """Extend `pos` over whitespace and one special/added token that follows it (the end-of-turn marker)."""
     rest = text[pos:]
     stripped = rest.lstrip()
-    for tok in sorted(getattr(tokenizer, "all_special_tokens", []), key=len, reverse=True):
+    markers = set(getattr(tokenizer, "all_special_tokens", [])) | set(tokenizer.get_added_vocab())
+    for tok in sorted(markers, key=len, reverse=True):
         if tok and stripped.startswith(tok):
             return pos + (len(rest) - len(stripped)) + len(tok)
     return pos

@@ -48,7 +48,9 @@ def collate(rows: list[dict], pad_id: int, packing: bool, mask_dtype: Any = None
     0 where a query may attend, the dtype's minimum elsewhere: block-diagonal and causal. Eager and
     SDPA attention in transformers take such a mask as-is. Without `four_d_mask` there is no
     attention_mask and transformers derives the same block-diagonal mask from the restarting
-    position_ids (cheaper for long rows). Padding forms its own block, so no row is fully masked.
+    position_ids (cheaper for long rows; flash-attention friendly), but only when the forward pass
+    runs with `use_cache=False` (with a KV cache transformers skips that detection and the examples
+    would see each other). Padding forms its own block, so no row is fully masked.
     """
     import torch
 
