@@ -17,7 +17,6 @@ import pty
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -296,12 +295,6 @@ def test_requirements_helper_reads_pyproject(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # The healthcheck probe
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _Health(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's name)
         self.send_response(200 if self.path == "/health" else 503)
@@ -313,8 +306,8 @@ class _Health(BaseHTTPRequestHandler):
 
 
 def test_healthcheck_probe_follows_the_gateway():
-    port = _free_port()
-    server = HTTPServer(("127.0.0.1", port), _Health)
+    server = HTTPServer(("127.0.0.1", 0), _Health)  # the OS picks a free port
+    port = server.server_port
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     probe = [sys.executable, str(REPO / "docker" / "healthcheck.py")]
