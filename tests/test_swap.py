@@ -1,0 +1,170 @@
+"""Hot-swap with real llama.cpp engines: under load, refused when tampered, rollback, restart, crashes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from serve_fixtures import ask, gateway_fixture, gguf_artifacts, make_artifact, openai_client  # noqa: F401
+
+pytestmark = pytest.mark.slow
+gw = gateway_fixture("gguf_artifacts", 0)
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+HAPPY_PATH = ["pending", "verifying", "starting", "smoke_test", "switching", "draining", "done"]
+
+
+class Load:
+    """N clients streaming chat completions back to back until stopped; every outcome is recorded."""
+
+    def __init__(self, gw, clients: int = 8):
+        self.gw, self.stop_flag = gw, threading.Event()
+        self.results: list[dict] = []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+
+    def _client(self) -> None:
+        client = openai_client(self.gw)
+        while not self.stop_flag.is_set():
+            t0 = time.monotonic()
+            rec = {"start": t0}
+            try:
+                chunks = list(client.chat.completions.create(model="appliance", messages=QUESTION, max_tokens=16,
+                                                             temperature=0, stream=True,
+                                                             stream_options={"include_usage": True}))
+                rec["model"] = chunks[-1].model
+                rec["text"] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                rec["finished"] = any(c.choices and c.choices[0].finish_reason for c in chunks)
+                rec["usage"] = chunks[-1].usage is not None
+            except Exception as e:  # noqa: BLE001 - a failed request is what this test counts
+                rec["error"] = f"{type(e).__name__}: {e}"
+            rec["end"] = time.monotonic()
+            with self.lock:
+                self.results.append(rec)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        t0 = time.monotonic()
+        while len(self.results) < len(self.threads) and time.monotonic() - t0 < 60:
+            time.sleep(0.05)  # every client has finished one request before the swap starts
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join(120)
+
+    def after(self, t: float) -> list[dict]:
+        return [r for r in self.results if r["start"] > t]
+
+
+def _serving(gw) -> str:
+    return gw.gateway.active.spec.name
+
+
+def test_swap_under_load_drops_nothing_and_switches_answers(gw, gguf_artifacts):
+    a, b = gguf_artifacts
+    client = openai_client(gw)
+    answer_a = ask(client)
+    old_engine = gw.gateway.active.engine
+    with Load(gw) as load:
+        submitted = time.monotonic()
+        dep = gw.deploy(b)
+        done_at = time.monotonic()
+        time.sleep(3.0)
+    assert dep["state"] == "done", dep
+    assert [h["state"] for h in dep["history"]] == HAPPY_PATH
+    errors = [r["error"] for r in load.results if "error" in r]
+    assert not errors, errors[:3]
+    assert all(r["finished"] and r["usage"] for r in load.results)
+    before = [r for r in load.results if r["end"] < submitted]
+    assert len(before) >= 8 and all(r["model"] == a for r in before)
+    after = load.after(done_at)
+    assert after and all(r["model"] == b for r in after)
+    assert ask(client) != answer_a  # B answers differently (its template pre-fills the answer)
+    assert not old_engine.alive()  # drained, then stopped
+
+
+def test_tampered_artifact_is_refused_and_the_old_model_keeps_serving(gw, ws, gguf_artifacts):
+    serving = _serving(gw)
+    src, bad = ws.artifacts / gguf_artifacts[1], ws.artifacts / "gw-gguf-tampered"
+    shutil.rmtree(bad, ignore_errors=True)
+    bad.mkdir()
+    for f in src.iterdir():
+        os.link(f, bad / f.name) if f.suffix == ".gguf" else shutil.copy2(f, bad / f.name)
+    (bad / "chat_template.jinja").write_text((src / "chat_template.jinja").read_text() + "{# injected #}")
+    try:
+        dep = gw.deploy("gw-gguf-tampered")
+        assert dep["state"] == "failed" and dep["history"][-2]["state"] == "verifying"
+        assert dep["diff"]["mismatched"] == ["chat_template.jinja"]
+        assert dep["previous_serving"] == serving
+        assert _serving(gw) == serving and ask(openai_client(gw))
+    finally:
+        shutil.rmtree(bad)
+
+
+def test_rollback_returns_to_the_previous_artifact(gw, gguf_artifacts):
+    a, b = gguf_artifacts
+    if _serving(gw) != b:
+        assert gw.deploy(b)["state"] == "done"
+    client = openai_client(gw)
+    answer_b = ask(client)
+    r = gw.admin.post("/admin/rollback")
+    assert r.status_code == 202 and r.json()["artifact"] == a and r.json()["kind"] == "rollback"
+    assert gw.wait(r.json()["id"])["state"] == "done"
+    assert _serving(gw) == a and ask(client) != answer_b
+
+
+def test_restart_strategy_holds_requests_instead_of_failing_them(gw, gguf_artifacts):
+    target = [n for n in gguf_artifacts if n != _serving(gw)][0]
+    states = set()
+    watcher = threading.Thread(target=lambda: [states.add(gw.gateway.state) or time.sleep(0.02) for _ in range(400)],
+                               daemon=True)
+    with Load(gw) as load:
+        watcher.start()
+        dep = gw.deploy(target, strategy="restart")
+        time.sleep(1.0)
+    assert dep["state"] == "done" and dep["strategy"] == "restart", dep
+    assert [h["state"] for h in dep["history"]] == ["pending", "verifying", "holding", "starting", "smoke_test",
+                                                    "switching", "done"]
+    assert "held" in states
+    assert not [r for r in load.results if "error" in r]
+    assert all(r["model"] == target for r in load.after(time.monotonic() - 0.9))
+
+
+def test_engine_crash_answers_503_then_recovers(gw):
+    client = openai_client(gw)
+    engine = gw.gateway.active.engine
+    os.killpg(engine.pid, signal.SIGKILL)
+    engine.proc.wait(10)
+    with pytest.raises(openai.APIStatusError) as e:
+        ask(client, max_tokens=2)
+    assert e.value.status_code == 503 and e.value.body["code"] == "engine_unavailable"
+    t0 = time.monotonic()
+    while httpx.get(gw.url + "/ready").status_code != 200:
+        assert time.monotonic() - t0 < 60, "no recovery"
+        time.sleep(0.2)
+    assert gw.gateway.active.engine is not engine
+    assert ask(client, max_tokens=4)
+    assert "appliance_engine_restarts_total 1" in httpx.get(gw.url + "/metrics").text
+
+
+@pytest.mark.parametrize("strategy", ["blue-green", "restart"])
+def test_engine_that_dies_during_deploy_rolls_back(gw, ws, strategy):
+    """A signed artifact whose engine cannot start: the deploy fails, the old model keeps serving."""
+    make_artifact(ws, "gw-gguf-broken", {"model.gguf": "GGUF? no: this engine will crash on load"}, "gguf")
+    serving = _serving(gw)
+    dep = gw.deploy("gw-gguf-broken", strategy=strategy)
+    assert dep["state"] == "failed" and "exited with code" in dep["error"], dep
+    assert dep["previous_serving"] == serving
+    states = [h["state"] for h in dep["history"]]
+    assert ("rolling_back" in states) == (strategy == "restart")
+    assert _serving(gw) == serving and ask(openai_client(gw), max_tokens=3)
+    assert not [e for e in gw.gateway.deployer.candidates()]
