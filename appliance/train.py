@@ -201,24 +201,31 @@ class Recipe:
         if cfg.eval_dataset:
             eval_path = data.resolve_dataset(cfg.eval_dataset)
             eval_examples = data.load_examples(eval_path, cfg.format, cfg.skip_invalid)
-            eval_source = {"path": str(eval_path), "digest": data.dataset_digest(eval_path)}
+            eval_source = "file"
         elif cfg.dataset == data.SAMPLE_NAME:
             eval_path = data.sample_eval_path()
             eval_examples = data.load_examples(eval_path)
-            eval_source = {"path": str(eval_path), "digest": data.dataset_digest(eval_path)}
-        else:
+            eval_source = "sample"
+        else:  # hold out a seeded split, and keep it next to the run for later scoring
             examples, eval_examples = data.split_eval(examples, cfg.eval_fraction, cfg.seed)
-            eval_source = {"split_from": str(train_path), "fraction": cfg.eval_fraction, "seed": cfg.seed}
+            eval_path, eval_source = self.run_dir / "eval.jsonl", "split"
+            if self.main and eval_examples:
+                write_atomic(eval_path, "".join(json.dumps({"messages": e.messages}) + "\n" for e in eval_examples))
         tokenized = data.tokenize_examples(self.tokenizer, examples, cfg.max_seq_len)
         self.train_rows = data.pack(tokenized.rows, cfg.max_seq_len) if cfg.packing else tokenized.rows
         self.eval_rows = data.tokenize_examples(self.tokenizer, eval_examples, cfg.max_seq_len).rows if eval_examples else []
         if not self.train_rows:
             raise ConfigError([f"dataset: no trainable rows in {train_path}"], source="train",
                               hint="every example lost its assistant tokens (max_seq_len too small?)")
-        self.info["dataset"] = {"path": str(train_path), "digest": data.dataset_digest(train_path),
+        self.info["dataset"] = {"ref": cfg.dataset, "path": str(train_path), "digest": data.dataset_digest(train_path),
                                 "examples": len(examples), "rows": len(self.train_rows),
                                 "truncated": tokenized.truncated, "dropped": tokenized.dropped}
-        self.info["eval_dataset"] = {**eval_source, "examples": len(self.eval_rows)}
+        # eval_dataset is the held-out file's path (what `appliance eval` scores); details under "eval"
+        self.info["eval_dataset"] = str(eval_path) if eval_examples else None
+        self.info["eval"] = {"source": eval_source, "examples": len(self.eval_rows),
+                             "digest": data.dataset_digest(eval_path) if eval_examples else None}
+        if eval_source == "split":
+            self.info["eval"].update(fraction=cfg.eval_fraction, seed=cfg.seed)
         self.say(f"data: {len(examples)} training examples" + (f" packed into {len(self.train_rows)} rows" if cfg.packing else "")
                  + f", {len(self.eval_rows)} eval examples")
 

@@ -26,7 +26,7 @@ def tiny(base_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory):
+def tws(tmp_path_factory):
     """A fresh workspace for this module's runs (run names are fixed, so never reuse one)."""
     from appliance.workspace import Workspace
 
@@ -34,12 +34,12 @@ def ws(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(ws, tiny):
+def trained(tws, tiny):
     """One recipe run driven step by step, so the in-memory base weights can be compared."""
     from appliance.train import Recipe
 
     cfg = tiny_train_config(tiny["model"], tiny["dataset"], "tiny-basic", max_steps=8, save_every=2, keep_last=2)
-    recipe = Recipe(cfg, ws)
+    recipe = Recipe(cfg, tws)
     recipe.setup(resume=False)
     model = recipe.accelerator.unwrap_model(recipe.model)
     named = dict(model.named_parameters())
@@ -88,7 +88,10 @@ def test_run_dir_complete_with_provenance(trained, tiny):
     assert info["status"] == "completed" and info["steps"] == 8 and info["finished"]
     assert info["base_model"]["digest"] == folder_digest(tiny["model"])
     assert info["dataset"]["digest"] == hashlib.sha256(tiny["dataset"].read_bytes()).hexdigest()
-    assert info["eval_dataset"]["split_from"] == str(tiny["dataset"])
+    assert info["dataset"]["path"] == str(tiny["dataset"])
+    assert info["eval_dataset"] == str(run_dir / "eval.jsonl") and info["eval"]["source"] == "split"
+    held_out = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+    assert len(held_out) == info["eval"]["examples"] == round(0.2 * 24)
     for pkg in ("torch", "transformers", "peft", "appliance"):
         assert info["versions"][pkg]
     assert info["eval_loss"] < info["eval_loss_initial"]
@@ -104,8 +107,8 @@ def test_keep_last_prunes_old_checkpoints(trained):
     assert state["step"] == 8
 
 
-def test_latest_run_is_the_finished_one(ws, trained):
-    assert ws.run_dir(None).name in {p.name for p in ws.runs.iterdir() if (p / "adapter").is_dir()}
+def test_latest_run_is_the_finished_one(tws, trained):
+    assert tws.run_dir(None).name in {p.name for p in tws.runs.iterdir() if (p / "adapter").is_dir()}
 
 
 _KILLER = """
@@ -126,20 +129,20 @@ train(tiny_train_config({model!r}, {dataset!r}, "tiny-killed", keep_last=10), Wo
 """
 
 
-def test_sigkilled_run_resumes_exactly(ws, tiny):
+def test_sigkilled_run_resumes_exactly(tws, tiny):
     import torch
     from safetensors.torch import load_file
 
     from appliance.train import train
 
-    full = train(tiny_train_config(tiny["model"], tiny["dataset"], "tiny-full", keep_last=10), ws)
+    full = train(tiny_train_config(tiny["model"], tiny["dataset"], "tiny-full", keep_last=10), tws)
 
     code = _KILLER.format(tests=str(Path(__file__).parent), model=str(tiny["model"]), dataset=str(tiny["dataset"]),
-                          home=str(ws.home))
+                          home=str(tws.home))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == -9, proc.stderr[-2000:]
-    killed = ws.runs / "tiny-killed"
+    killed = tws.runs / "tiny-killed"
     assert json.loads((killed / "run.json").read_text())["status"] == "running"
     assert not (killed / "adapter").exists()
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
@@ -152,7 +155,7 @@ def test_sigkilled_run_resumes_exactly(ws, tiny):
         for name in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.allclose(a["state"][k][name], b["state"][k][name], atol=1e-6), (k, name)
 
-    resumed = train(tiny_train_config(tiny["model"], tiny["dataset"], "tiny-killed", keep_last=10), ws, resume=True)
+    resumed = train(tiny_train_config(tiny["model"], tiny["dataset"], "tiny-killed", keep_last=10), tws, resume=True)
     steps = [r["step"] for r in _records(resumed) if "loss" in r]
     assert steps == list(range(1, 9)), "every step logged exactly once"
     want = {r["step"]: r["loss"] for r in _records(full) if "loss" in r}
@@ -166,11 +169,11 @@ def test_sigkilled_run_resumes_exactly(ws, tiny):
     assert json.loads((resumed / "run.json").read_text())["status"] == "completed"
 
 
-def test_packing_trains(ws, tiny):
+def test_packing_trains(tws, tiny):
     from appliance.train import train
 
     run = train(tiny_train_config(tiny["model"], tiny["dataset"], "tiny-packed", packing=True, max_steps=6,
-                                  batch_size=2, max_seq_len=256), ws)
+                                  batch_size=2, max_seq_len=256), tws)
     info = json.loads((run / "run.json").read_text())
     assert info["dataset"]["rows"] < info["dataset"]["examples"], "examples were packed into fewer rows"
     losses = [r["loss"] for r in _records(run) if "loss" in r]
@@ -178,24 +181,24 @@ def test_packing_trains(ws, tiny):
     assert info["eval_loss"] < info["eval_loss_initial"]
 
 
-def test_qlora_smoke_on_cpu(ws, tiny):
+def test_qlora_smoke_on_cpu(tws, tiny):
     """bitsandbytes NF4 on CPU is slow: three steps, just enough to see it learn and save."""
     from safetensors.torch import load_file
 
     from appliance.train import train
 
     run = train(tiny_train_config(tiny["model"], tiny["dataset"], "tiny-qlora", method="qlora", max_steps=3,
-                                  save_every=0, eval_fraction=0.0), ws)
+                                  save_every=0, eval_fraction=0.0), tws)
     info = json.loads((run / "run.json").read_text())
     assert info["method"] == "qlora" and info["status"] == "completed"
     weights = load_file(str(run / "adapter/adapter_model.safetensors"))
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
 
 
-def test_cli_refuses_existing_run_and_explains(ws, tiny, trained, capsys):
+def test_cli_refuses_existing_run_and_explains(tws, tiny, trained, capsys):
     from appliance.cli import main
 
-    rc = main(["train", "--home", str(ws.home), "--model", str(tiny["model"]), "--run-name", "tiny-basic"])
+    rc = main(["train", "--home", str(tws.home), "--model", str(tiny["model"]), "--run-name", "tiny-basic"])
     err = capsys.readouterr().err
     assert rc != 0 and "already exists" in err and "--resume" in err
 

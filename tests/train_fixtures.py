@@ -48,3 +48,14 @@ def tiny_train_config(model: Path, dataset: Path, run_name: str, **overrides):
                   save_every=2, keep_last=2, warmup_ratio=0.0, seed=7)
     values.update(overrides)
     return load(TrainConfig, None, [], **values)
+
+
+def tiny_run(ws, tokenizer_src: Path, root: Path, run_name: str = "tiny", **overrides) -> Path:
+    """Train the tiny model for a few steps in `ws`; returns the finished run directory."""
+    from appliance.train import train
+
+    model = make_tiny_llama(tokenizer_src, root / "tiny-llama")
+    dataset = small_dataset(root / "train.jsonl")
+    values = dict(max_steps=6, save_every=0, lr=2e-2)
+    values.update(overrides)
+    return train(tiny_train_config(model, dataset, run_name, **values), ws)
