@@ -111,7 +111,7 @@ def load_examples_report(path: str | Path, format: str = "auto", skip_invalid: b
 
 def _read_jsonl(path: Path) -> tuple[list[tuple[int, Any]], list[tuple[str, int, str]]]:
     rows, problems = [], []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for n, text in enumerate(f, start=1):
             if not text.strip():
                 continue
@@ -195,7 +195,8 @@ def _tokenize(tokenizer, messages: list[dict], max_seq_len: int) -> tuple[dict, 
 
 
 def _inside(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
-    return end > start and any(a <= start and end <= b for a, b in spans)
+    """A token belongs to a span when it overlaps it (a token merged across the edge still counts)."""
+    return end > start and any(start < b and end > a for a, b in spans)
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
