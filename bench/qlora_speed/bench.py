@@ -1,0 +1,263 @@
+"""QLoRA speed / memory / learning bench for OUR trainer path (appliance.speedups + the trainer's
+4-bit loading), run on the lent GPU beside ../shared/gpu/anchor_qlora.py in the same call.
+
+One process = one recipe (Liger patches are class-level, so recipes never share a process):
+
+    python bench/qlora_speed/bench.py speed  --recipe ours  --shapes 2048x1,2048x4 [--profile]
+    python bench/qlora_speed/bench.py speed  --recipe off   --shapes 2048x1        # kernels: off
+    python bench/qlora_speed/bench.py loss   --recipe ours  --steps 50             # loss curve
+    python bench/qlora_speed/bench.py pack   --recipe ours                         # padded vs packed
+
+Recipes: `off` = kernels: off (peft's fp32 upcast; the anchor recipe through our code),
+`bf16` = no upcast, no Liger, `ours` = what `appliance train` picks on CUDA (speedups.choose),
+`ours-adamw` = ours with torch's fused AdamW instead of paged 8-bit AdamW,
+`ours-eager` = ours without compiled layers (Liger RMSNorm/SwiGLU/RoPE instead),
+`ours-nofl` = ours-eager without the fused LoRA path, `ours-skipN` = ours with the last N layers
+not recomputed. Random-init models (speed and memory do not depend on weight
+values): `--model qwen7b` (Qwen2.5-7B shape) or `llama8b` (Llama-3.1-8B shape).
+Every result is one JSON line starting with RESULT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import sys
+import time
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+from appliance import speedups  # noqa: E402
+
+SHAPES = {
+    "qwen7b": dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                   num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                   max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False),
+    "llama8b": dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                    max_position_embeddings=32768, rope_theta=5e5, rms_norm_eps=1e-5, tie_word_embeddings=False),
+}
+PATHS = {"qwen7b": "/tmp/q7", "llama8b": "/tmp/l8"}  # /tmp/q7 is the anchor script's model too
+
+
+def log(kind: str, **r) -> None:
+    print(kind, json.dumps(r), flush=True)
+
+
+def ensure_model(name: str) -> str:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = PATHS[name]
+    if not os.path.exists(path + "/config.json"):
+        t = time.time()
+        spec = dict(SHAPES[name])
+        cfg = AutoConfig.for_model(spec.pop("model_type"), **spec)
+        with torch.device("cuda"):
+            m = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+        m.save_pretrained(path, max_shard_size="5GB")
+        del m
+        gc.collect()
+        torch.cuda.empty_cache()
+        log("INFO", msg=f"random {name} saved in {time.time() - t:.0f}s")
+    return path
+
+
+def recipe_plan(recipe: str):
+    kernels = "off" if recipe == "off" else "auto"
+    plan = speedups.choose(SimpleNamespace(kernels=kernels, gradient_checkpointing="on"), "cuda", True)
+    if recipe == "bf16":
+        plan.fused_kernels = plan.fused_loss = plan.fused_lora = False
+    if recipe in ("ours-eager", "ours-nofl"):
+        plan.compile_layers, plan.fused_kernels = False, plan.fused_loss
+    if recipe == "ours-nofl":
+        plan.fused_lora = False
+    if recipe.startswith("ours-skip"):
+        plan.checkpoint_skip = int(recipe.removeprefix("ours-skip"))
+    return plan
+
+
+def load(name: str, recipe: str, seed: int = 0):
+    """The trainer's recipe: plan -> before_load -> 4-bit load -> after_load -> LoRA."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    path = ensure_model(name)
+    plan = recipe_plan(recipe)
+    speedups.before_load(plan, SHAPES[name]["model_type"])
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                           bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
+    t = time.time()
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=q, dtype=torch.bfloat16,
+                                                 device_map={"": 0}, attn_implementation="sdpa")
+    load_s = time.time() - t
+    model = speedups.after_load(model, plan)
+    torch.manual_seed(seed)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    model.train()
+    log("INFO", recipe=recipe, plan=plan.describe(), load_s=round(load_s, 1))
+    return model, plan
+
+
+def optimizer(model, recipe: str):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe == "ours-adamw":
+        return torch.optim.AdamW(params, lr=1e-4, fused=True)
+    import bitsandbytes as bnb
+
+    return bnb.optim.PagedAdamW8bit(params, lr=1e-4)
+
+
+def step(model, opt, batch) -> float:
+    out = model(**batch)
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return out.loss
+
+
+def speed(args) -> None:
+    model, _ = load(args.model, args.recipe)
+    vocab = SHAPES[args.model]["vocab_size"]
+    for k, shape in enumerate(args.shapes.split(",")):
+        seq, bs = map(int, shape.split("x"))
+        opt = None
+        try:
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            opt = optimizer(model, args.recipe)
+            g = torch.Generator(device="cuda").manual_seed(0)
+            x = torch.randint(0, vocab, (bs, seq), device="cuda", generator=g)
+            batch = {"input_ids": x, "labels": x}
+            times = []
+            for _ in range(args.warm + args.steps):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                step(model, opt, batch)
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            med = sorted(times[args.warm:])[len(times[args.warm:]) // 2]
+            log("RESULT", mode="speed", model=args.model, recipe=args.recipe, seq=seq, bs=bs,
+                tok_per_s=round(bs * seq / med), step_s=round(med, 4), first_step_s=round(times[0], 1),
+                peak_alloc_GiB=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                peak_reserved_GiB=round(torch.cuda.max_memory_reserved() / 2**30, 2))
+            if args.profile and k == 0:
+                profile(model, opt, batch, med)
+        except torch.cuda.OutOfMemoryError:
+            log("RESULT", mode="speed", model=args.model, recipe=args.recipe, seq=seq, bs=bs, oom=True)
+        del opt
+        batch = x = None
+        model.zero_grad(set_to_none=True)
+
+
+def profile(model, opt, batch, step_s: float) -> None:
+    """Where one step's GPU time goes: busy fraction and the top kernels."""
+    from torch.profiler import ProfilerActivity, profile as tprof
+
+    with tprof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step(model, opt, batch)
+        torch.cuda.synchronize()
+    ev = prof.key_averages()
+    total = sum(getattr(e, "self_device_time_total", 0) for e in ev) / 1e6
+    top = sorted(ev, key=lambda e: getattr(e, "self_device_time_total", 0), reverse=True)[:15]
+    log("PROFILE", step_s=round(step_s, 4), gpu_busy_s=round(total, 4), busy_frac=round(total / step_s, 3),
+        top=[(e.key[:70], round(e.self_device_time_total / 1e3, 1), e.count) for e in top])
+
+
+def loss(args) -> None:
+    """Same data, same seed, `--steps` optimizer steps: the loss curve to compare across recipes.
+
+    Data: rows that repeat a random 64-token motif, so a LoRA on a random base can learn them
+    (loss falls well below ln(vocab)); the same rows for every recipe."""
+    model, _ = load(args.model, args.recipe, seed=0)
+    opt = optimizer(model, args.recipe)
+    for g in opt.param_groups:
+        g["lr"] = 2e-4
+    gen = torch.Generator().manual_seed(1234)
+    losses = []
+    for i in range(args.steps):
+        motif = torch.randint(0, 2000, (args.bs, 64), generator=gen)
+        x = motif.repeat(1, args.seq // 64).cuda()
+        losses.append(float(step(model, opt, {"input_ids": x, "labels": x}).detach()))
+    log("RESULT", mode="loss", model=args.model, recipe=args.recipe, seq=args.seq, bs=args.bs,
+        losses=[round(v, 5) for v in losses])
+
+
+def pack(args) -> None:
+    """Padded vs packed on a long-tailed length mix: real tokens/s, and the summed token loss
+    of the same examples both ways (fixed weights)."""
+    from appliance.packing import collate, pack as pack_rows
+
+    model, _ = load(args.model, args.recipe)
+    opt = optimizer(model, args.recipe)
+    vocab = SHAPES[args.model]["vocab_size"]
+    gen = torch.Generator().manual_seed(7)
+    lengths = torch.exp(torch.randn(args.examples, generator=gen) * 1.0 + math.log(args.median))
+    lengths = lengths.clamp(16, args.seq).long().tolist()
+    examples = []
+    for n in lengths:
+        ids = torch.randint(0, vocab, (n,), generator=gen).tolist()
+        examples.append({"input_ids": ids, "labels": list(ids)})
+    real = sum(lengths)
+    padded = [collate(examples[i:i + args.bs], 0, packing=False) for i in range(0, len(examples), args.bs)]
+    rows = pack_rows(examples, args.seq)
+    packed = [collate(rows[i:i + args.bs], 0, packing=True, four_d_mask=False) for i in range(0, len(rows), args.bs)]
+    result = {"mode": "pack", "recipe": args.recipe, "examples": len(examples), "real_tokens": real,
+              "median_len": sorted(lengths)[len(lengths) // 2], "max_len": max(lengths), "bs": args.bs,
+              "padded_batches": len(padded), "packed_batches": len(packed)}
+    for name, batches in (("padded", padded), ("packed", packed)):
+        batches = [{k: v.cuda() for k, v in b.items()} for b in batches]
+        torch.cuda.reset_peak_memory_stats()
+        for b in batches[:2]:
+            step(model, opt, b)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for b in batches:
+            step(model, opt, b)
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        result[name + "_tok_per_s"] = round(real / dt)
+        result[name + "_peak_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        result[name + "_slots"] = sum(b["input_ids"].numel() for b in batches)
+        model.eval()
+        total = 0.0
+        with torch.no_grad():
+            for b in batches:
+                n = int((b["labels"][:, 1:] != -100).sum())
+                total += float(model(**b).loss) * n
+        model.train()
+        result[name + "_loss_sum"] = round(total, 2)
+    result["speedup"] = round(result["packed_tok_per_s"] / result["padded_tok_per_s"], 2)
+    result["loss_rel_diff"] = abs(result["packed_loss_sum"] - result["padded_loss_sum"]) / abs(result["padded_loss_sum"])
+    log("RESULT", **result)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=["speed", "loss", "pack"])
+    p.add_argument("--recipe", default="ours")
+    p.add_argument("--model", default="qwen7b", choices=sorted(SHAPES))
+    p.add_argument("--shapes", default="2048x1")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warm", type=int, default=3)
+    p.add_argument("--seq", type=int, default=2048)
+    p.add_argument("--bs", type=int, default=1)
+    p.add_argument("--examples", type=int, default=256)
+    p.add_argument("--median", type=int, default=300)
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args()
+    import transformers, peft  # noqa: E401
+
+    log("INFO", torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
+        gpu=torch.cuda.get_device_name(), mode=args.mode, recipe=args.recipe, model=args.model)
+    {"speed": speed, "loss": loss, "pack": pack}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
