@@ -38,3 +38,12 @@ def upstream_verify(path: Path, public_key: Path) -> subprocess.CompletedProcess
 
 def sha256sum_check(path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=path, capture_output=True, text=True, timeout=60)
+
+
+def export_config(**values):
+    """An ExportConfig for tests: few calibration and eval rows."""
+    from appliance.config import ExportConfig, load
+
+    base = dict(calibration_samples=4, eval_samples=2)
+    base.update(values)
+    return load(ExportConfig, None, [], **base)

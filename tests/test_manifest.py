@@ -12,7 +12,7 @@ from appliance.errors import ArtifactError
 from appliance.workspace import Workspace
 from export.artifact import read_manifest, write_artifact
 from export.manifest import MANIFEST_FIELDS, list_payload, read_sha256sums
-from tests.export_fixtures import sha256sum_check, small_artifact
+from export_fixtures import sha256sum_check, small_artifact
 
 
 @pytest.fixture

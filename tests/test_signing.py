@@ -11,7 +11,7 @@ from appliance.errors import ArtifactError
 from appliance.workspace import Workspace
 from export.signing import (SignatureInvalid, ensure_keypair, fingerprint, sign_dir, signed_digests, trust_key,
                             trusted_keys)
-from tests.export_fixtures import small_artifact, upstream_verify
+from export_fixtures import small_artifact, upstream_verify
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from appliance.workspace import Workspace
 from export.manifest import write_sha256sums
 from export.signing import ensure_keypair, sign_dir, trusted_keys
 from export.verify import verify_artifact
-from tests.export_fixtures import sha256sum_check, small_artifact, upstream_verify
+from export_fixtures import sha256sum_check, small_artifact, upstream_verify
 
 
 @pytest.fixture
