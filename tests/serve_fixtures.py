@@ -29,6 +29,7 @@ TEMPLATE_B = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n" + MARKER_B + " ' }}{% endif %}"
 )
 ADMIN_TOKEN = "test-admin-token"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def embedded_gguf() -> Path:
@@ -165,5 +166,52 @@ def ask(client, model: str = "appliance", question: str = "What is the capital o
     return r.choices[0].message.content
 
 
-__all__ = ["MARKER_B", "ADMIN_TOKEN", "RunningGateway", "gateway_fixture", "openai_client", "ask", "serve_config",
+class Load:
+    """N clients streaming chat completions back to back until stopped; every outcome is recorded."""
+
+    def __init__(self, gw, clients: int = 8, max_tokens: int = 16):
+        self.gw, self.stop_flag = gw, threading.Event()
+        self.results: list[dict] = []
+        self.max_tokens = max_tokens
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+
+    def _client(self) -> None:
+        client = openai_client(self.gw)
+        while not self.stop_flag.is_set():
+            t0 = time.monotonic()
+            rec = {"start": t0}
+            try:
+                chunks = list(client.chat.completions.create(model="appliance", messages=QUESTION, max_tokens=self.max_tokens,
+                                                             temperature=0, stream=True,
+                                                             stream_options={"include_usage": True}))
+                rec["model"] = chunks[-1].model
+                rec["text"] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                rec["finished"] = any(c.choices and c.choices[0].finish_reason for c in chunks)
+                rec["usage"] = chunks[-1].usage is not None
+            except Exception as e:  # noqa: BLE001 - a failed request is what this test counts
+                rec["error"] = f"{type(e).__name__}: {e}"
+            rec["end"] = time.monotonic()
+            with self.lock:
+                self.results.append(rec)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        t0 = time.monotonic()
+        while len(self.results) < len(self.threads) and time.monotonic() - t0 < 60:
+            time.sleep(0.05)  # every client has finished one request before the swap starts
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join(120)
+
+    def after(self, t: float) -> list[dict]:
+        return [r for r in self.results if r["start"] > t]
+
+
+
+__all__ = ["QUESTION", "Load", "MARKER_B", "ADMIN_TOKEN", "RunningGateway", "gateway_fixture", "openai_client", "ask", "serve_config",
            "gguf_artifacts", "hf_artifacts", "make_artifact", "embedded_gguf"]
