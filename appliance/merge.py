@@ -58,7 +58,12 @@ def merge(ws: Workspace, run: str | None = None, force: bool = False) -> Path:
     after = prompt_logits(merged, tokenizer)
     diff = max(float((a - b).abs().max()) for a, b in zip(before, after))
     scale = max(float(a.abs().max()) for a in before)
-    print(f"max |logit difference| merged vs base+adapter: {diff:.4g} (logits up to {scale:.3g}, bf16)", flush=True)
+    same = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(before, after))
+    agree = same / sum(a.shape[1] for a in before)
+    # bf16 keeps 8 bits of mantissa: rounding W + BA once differs from adding BA x on the fly by a
+    # few units in the last place per layer, so differences of a few percent of the logit scale are normal.
+    print(f"max |logit difference| merged vs base+adapter: {diff:.4g} (logits up to {scale:.3g}, bf16); "
+          f"same next token at {agree:.1%} of {sum(a.shape[1] for a in before)} positions", flush=True)
 
     with atomic_dir(out, overwrite=force) as tmp:
         merged.save_pretrained(tmp)
@@ -73,6 +78,7 @@ def merge(ws: Workspace, run: str | None = None, force: bool = False) -> Path:
             "dtype": "bfloat16",
             "max_logit_diff": diff,
             "max_abs_logit": scale,
+            "top1_agreement": agree,
             "check_prompts": len(CHECK_PROMPTS),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }, indent=2))

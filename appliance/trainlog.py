@@ -29,10 +29,14 @@ class TrainLog:
             self.metrics_path.unlink()
         elif start_step:
             self._truncate_after(start_step)
-        from torch.utils.tensorboard import SummaryWriter
         from tqdm.auto import tqdm
 
-        self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+        except ImportError:  # the tensorboard package is optional at run time
+            print("note: tensorboard is not installed: no tensorboard/ events (metrics.jsonl has everything)", flush=True)
         if sys.stderr.isatty():
             self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
                              mininterval=0.5, file=sys.stderr)
@@ -57,7 +61,7 @@ class TrainLog:
             return
         self._append(record)
         for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
-            if key in record:
+            if key in record and self._writer is not None:
                 self._writer.add_scalar(f"train/{key}", record[key], record["step"])
         self._bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record.get('tokens_per_s', 0):.0f}", refresh=False)
 
@@ -69,7 +73,8 @@ class TrainLog:
         if not self.enabled:
             return
         self._append({"step": step, "eval_loss": eval_loss})
-        self._writer.add_scalar("eval/loss", eval_loss, step)
+        if self._writer is not None:
+            self._writer.add_scalar("eval/loss", eval_loss, step)
         self._bar.write(f"step {step}: eval_loss {eval_loss:.4f}")
 
     def write(self, text: str) -> None:
@@ -100,8 +105,10 @@ class TrainLog:
 
 def plot_losses(records: list[dict], out: Path) -> None:
     """Training (and eval) loss against step, as a PNG (matplotlib, no display needed)."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        return  # optional: metrics.jsonl holds the same numbers
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
