@@ -1,0 +1,85 @@
+"""AWQ / GPTQ (llm-compressor W4A16, compressed-tensors): calibrated on the run's own data, signed,
+loadable and answering; provenance of a trained run (adapter, dataset, config) lands in appliance.json.
+
+That vLLM serves these folders is checked by the engine tests (tests/test_engines.py, tests/test_gateway_vllm.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from appliance.cli import main
+from appliance.workspace import Workspace
+from export.artifact import read_manifest
+from export.exporters import export_model, source_for_model
+from export.signing import trusted_keys
+from export.verify import verify_artifact
+from export_fixtures import export_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run_ws(tmp_path_factory, base_model):
+    """A workspace with a tiny trained and merged run (random-init 32-wide Llama, real tokenizer)."""
+    from appliance.merge import merge
+    from train_fixtures import tiny_run
+
+    ws = Workspace.open(tmp_path_factory.mktemp("export-run"))
+    tiny_run(ws, base_model, tmp_path_factory.mktemp("export-tiny"), "tiny")
+    merge(ws, "tiny")
+    return ws
+
+
+def _answer(folder, question="What is the capital of France?"):
+    from appliance.evaluate import generate_hf, load_model
+
+    model, tok = load_model(folder)
+    return generate_hf(model, tok, [[{"role": "user", "content": question}]], max_new_tokens=24)[0]
+
+
+def test_run_export_records_provenance_and_calibrates_on_run_data(run_ws, capsys):
+    rc = main(["export", "--home", str(run_ws.home), "--run", "tiny", "--format", "gptq,gguf:f16",
+               "--set", "calibration_samples=4", "--set", "eval_samples=2"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "quality on held-out rows" in out and "tiny (source)" in out
+    info = json.loads((run_ws.runs / "tiny" / "run.json").read_text())
+    merge = json.loads((run_ws.merged / "tiny" / "merge.json").read_text())
+    for name in ("tiny-gptq", "tiny-gguf-f16"):
+        art = run_ws.artifacts / name
+        assert verify_artifact(art, trusted_keys(run_ws)).ok
+        m = read_manifest(art)
+        assert m["run"] == "tiny"
+        assert m["adapter_digest"] == merge["adapter_digest"]
+        assert m["dataset_digest"] == info["dataset"]["digest"]
+        assert m["base_model"]["digest"] == info["base_model"]["digest"]
+        assert m["training_config"]["max_steps"] == 6
+        assert m["quality"]["n"] == 2
+    m = read_manifest(run_ws.artifacts / "tiny-gptq")
+    assert m["format"] == "gptq" and m["quantization"] == "w4a16"
+    cal = m["quality"]["calibration"]
+    assert cal["dataset"] == info["dataset"]["path"] and cal["calibration_samples"] == 4
+    assert cal["group_size"] == 32  # the tiny model's 32-wide Linears: 128 and 64 do not divide them
+    qc = json.loads((run_ws.artifacts / "tiny-gptq" / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "compressed-tensors" and qc["config_groups"]["group_0"]["weights"]["num_bits"] == 4
+
+
+@pytest.mark.parametrize("fmt", ["gptq", "awq"])
+def test_embedded_model_quantized_loads_and_answers(ws, base_model, fmt):
+    src = source_for_model(ws, str(base_model), "cq")
+    art = export_model(ws, src, [fmt], export_config(), overwrite=True)[fmt]
+    m = read_manifest(art)
+    assert m["format"] == fmt and "model.safetensors" in m["files"] and "chat_template.jinja" in m["files"]
+    assert m["quality"]["calibration"]["group_size"] == 64  # SmolLM2's 576-wide rows
+    q = m["quality"]
+    assert q["artifact"]["perplexity"] < 2 * q["source"]["perplexity"]
+    weights = json.loads((art / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"]["weights"]
+    assert (weights["num_bits"], weights["group_size"], weights["symmetric"]) == (4, 64, fmt == "gptq")
+    # int4 weights are packed: the folder is much smaller than the bf16 source's weights
+    assert (art / "model.safetensors").stat().st_size < 0.8 * (base_model / "model.safetensors").stat().st_size
+    answer = _answer(art)
+    assert answer.strip(), "the quantized model produced no answer"
+    assert verify_artifact(art, trusted_keys(ws)).ok
