@@ -273,9 +273,10 @@ def _adapter_base_ref(run_dir: Path) -> str | None:
 
 def print_table(results: dict[str, dict], dataset: Path) -> None:
     print(f"held-out: {dataset} ({next(iter(results.values()))['n']} rows)")
-    print(f"{'model':<24} {'score':>7} {'perplexity':>11}")
+    width = max(12, *(len(name) for name in results))
+    print(f"{'model':<{width}} {'score':>7} {'perplexity':>11}")
     for name, r in results.items():
-        print(f"{name:<24} {r['score']:>7.3f} {r['perplexity']:>11.3f}")
+        print(f"{name:<{width}} {r['score']:>7.3f} {r['perplexity']:>11.3f}")
     for name, r in results.items():
         for s in r["samples"][:1]:
             print(f"  {name}: {s['prompt']!r} -> {s['answer']!r} (want {s['reference']!r})")

@@ -72,12 +72,15 @@ def test_score_model_scores_its_own_answers(base):
     assert 1.0 < result["perplexity"] < 1e4
 
 
-def test_eval_cli_scores_base_and_adapter_of_a_run(base_model, ws, tmp_path, capsys):
+def test_eval_cli_scores_base_and_adapter_of_a_run(base_model, tmp_path, capsys):
     """A run whose adapter answers differently: the table has both rows and eval.json records them."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from appliance.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "home")  # its own: the session workspace's "latest run" stays untouched
     run = ws.runs / "eval-cli-test"
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
