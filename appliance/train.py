@@ -65,13 +65,18 @@ def run_cli(args: argparse.Namespace, ws: Workspace) -> int:
     if args.resume:
         run_dir = find_resumable(ws, args.run_name)
         # The run's own resolved config is the base; flags and --set on this command still apply.
+        if args.config:
+            print(f"note: --resume uses {run_dir / 'run.yaml'}; --config {args.config} is ignored (use --set to change a key)")
         values["run_name"] = run_dir.name
         cfg = load(TrainConfig, run_dir / "run.yaml", args.overrides, **values)
     else:
         cfg = load(TrainConfig, args.config, args.overrides, **values)
     if cfg.gpus > 1:
-        from appliance import distributed  # launches `accelerate launch` with FSDP (engineer E)
-
+        try:
+            from appliance import distributed  # `accelerate launch` with FSDP + QLoRA running this recipe
+        except ModuleNotFoundError:
+            raise ConfigError([f"gpus: {cfg.gpus} GPUs need multi-GPU launch support, which this version lacks"],
+                              source="train", hint="train on one GPU (--gpus 1), or run `accelerate launch -m appliance.cli train` yourself") from None
         return distributed.launch(cfg, ws, resume=args.resume)
     run_dir = train(cfg, ws, resume=args.resume)
     print(f"run finished: {run_dir}\n  next: appliance chat --run {run_dir.name}   |   appliance merge --run {run_dir.name}")

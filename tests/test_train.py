@@ -178,6 +178,19 @@ def test_sigkilled_run_resumes_exactly(tws, tiny):
     assert json.loads((resumed / "run.json").read_text())["status"] == "completed"
 
 
+def test_grad_accumulation_normalises_by_label_tokens(tws, tiny):
+    """batch 4 x accum 1 and batch 2 x accum 2 see the same rows: same loss and gradient norm."""
+    from appliance.train import train
+
+    common = dict(max_steps=2, save_every=0, eval_fraction=0.0, lr_scheduler="constant")
+    one = _records(train(tiny_train_config(tiny["model"], tiny["dataset"], "tiny-b4", batch_size=4, grad_accum=1, **common), tws))
+    two = _records(train(tiny_train_config(tiny["model"], tiny["dataset"], "tiny-b2x2", batch_size=2, grad_accum=2, **common), tws))
+    for a, b in zip(one, two):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+        assert a["tokens"] == b["tokens"]
+
+
 def test_packing_trains(tws, tiny):
     from appliance.train import train
 
