@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 from appliance.errors import ArtifactError, MissingDependencyError
 
 GROUP_SIZES = (128, 64, 32)
+DEFAULT_MAX_SEQ_LENGTH = 512  # calibration rows are truncated to this many tokens
 
 
 def pick_group_size(model, requested: int = 0) -> int:
@@ -57,7 +58,7 @@ def calibration_texts(tokenizer, examples: list, n: int) -> list[str]:
 
 
 def compress(src: Path, out: Path, make_recipe: Callable[[object, int], list], texts: list[str], *,
-             group_size: int = 0, max_seq_length: int = 512) -> dict:
+             group_size: int = 0, max_seq_length: int | None = None) -> dict:
     """Run llm-compressor `oneshot` on the HF folder `src` and save compressed-tensors to `out`.
 
     `make_recipe(model, group_size)` returns the modifiers. Returns {"group_size", "calibration_samples", "seconds"}.
@@ -72,6 +73,7 @@ def compress(src: Path, out: Path, make_recipe: Callable[[object, int], list], t
                                      "run `bash bootstrap.sh` (the appliance venv has llmcompressor)") from None
     if not texts:
         raise ArtifactError("no calibration rows for AWQ/GPTQ", "the run's training data is empty; pass --run with data")
+    max_seq_length = max_seq_length or DEFAULT_MAX_SEQ_LENGTH
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(src)
     model = AutoModelForCausalLM.from_pretrained(src, dtype="auto")  # keep the merged model's 16-bit dtype

@@ -13,6 +13,6 @@ def recipe(model, group_size: int) -> list:
     return [GPTQModifier(config_groups={"group_0": w4a16_scheme(group_size, symmetric=True)}, ignore=["lm_head"])]
 
 
-def export_gptq(src: Path, out: Path, texts: list[str], group_size: int = 0) -> dict:
+def export_gptq(src: Path, out: Path, texts: list[str], group_size: int = 0, max_seq_length: int | None = None) -> dict:
     """Quantize the HF folder `src` into `out`; returns {"group_size", "calibration_samples", "seconds"}."""
-    return compress(src, out, recipe, texts, group_size=group_size)
+    return compress(src, out, recipe, texts, group_size=group_size, max_seq_length=max_seq_length)
