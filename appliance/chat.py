@@ -51,7 +51,7 @@ def repl(backend, system: str | None = None, max_new_tokens: int = 256, temperat
     while True:
         try:
             line = read("you> ")
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):  # Ctrl-D / Ctrl-C at the prompt: leave cleanly
             out.write("\n")
             return messages
         text = line.strip()
@@ -69,10 +69,13 @@ def repl(backend, system: str | None = None, max_new_tokens: int = 256, temperat
         messages.append({"role": "user", "content": text})
         out.write("assistant> ")
         reply = []
-        for piece in backend.stream(messages, max_new_tokens, temperature):
-            reply.append(piece)
-            out.write(piece)
-            out.flush()
+        try:
+            for piece in backend.stream(messages, max_new_tokens, temperature):
+                reply.append(piece)
+                out.write(piece)
+                out.flush()
+        except KeyboardInterrupt:  # Ctrl-C while answering stops this answer, not the session
+            out.write(" [stopped]")
         out.write("\n")
         messages.append({"role": "assistant", "content": "".join(reply).strip()})
 
@@ -121,6 +124,8 @@ class LocalChat:
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         errors: list[BaseException] = []
+        stop = threading.Event()
+        kwargs["stopping_criteria"] = [_StopWhenSet(stop)]
 
         def generate():
             import torch
@@ -134,10 +139,25 @@ class LocalChat:
 
         worker = threading.Thread(target=generate, daemon=True)
         worker.start()
-        yield from streamer
-        worker.join()
+        try:
+            yield from streamer
+        finally:  # also when the caller stops early (Ctrl-C): end generation, do not leak the thread
+            stop.set()
+            worker.join()
         if errors:
             raise errors[0]
+
+
+class _StopWhenSet:
+    """A transformers stopping criterion that ends generation once `event` is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 class RemoteChat:

@@ -74,6 +74,55 @@ def test_repl_keeps_history_resets_and_exits_on_eof():
                      {"role": "assistant", "content": "turn 1"}]
 
 
+class _Interrupted(_Backend):
+    def stream(self, messages, max_new_tokens, temperature):
+        yield "partial"
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_stops_the_answer_not_the_session():
+    from appliance.chat import repl
+
+    lines = iter(["first", "second"])
+    seen = []
+
+    def read(prompt):
+        seen.append(prompt)
+        try:
+            return next(lines)
+        except StopIteration:
+            raise KeyboardInterrupt from None  # Ctrl-C at the prompt leaves
+
+    out = io.StringIO()
+    convo = repl(_Interrupted(), read=read, out=out)
+    assert out.getvalue().count("partial [stopped]") == 2 and len(seen) == 3
+    assert [m["role"] for m in convo] == ["user", "assistant", "user", "assistant"]
+
+
+def test_local_stream_stops_generation_when_the_reader_stops(cws, run_dir):
+    """Closing the stream early (what Ctrl-C does) ends generate() at once instead of running on."""
+    from appliance.chat import LocalChat
+
+    bot = LocalChat.open(cws, run=run_dir.name)
+    produced = []
+    real_generate = bot.model.generate
+
+    def generate(**kw):
+        out = real_generate(**kw)
+        produced.append(out.shape[1] - kw["input_ids"].shape[1])
+        return out
+
+    bot.model.generate = generate
+    stream = bot.stream([{"role": "user", "content": "Count to a thousand."}], max_new_tokens=300)
+    next(stream)
+    stream.close()  # returns only once generate() has finished
+    assert produced and produced[0] < 20, produced
+    # and without closing, the same call runs on to many more tokens (so the check above can fail)
+    produced.clear()
+    assert len("".join(bot.stream([{"role": "user", "content": "Count to a thousand."}], max_new_tokens=60))) > 0
+    assert produced[0] > 20, produced
+
+
 class _SSEHandler(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
