@@ -118,18 +118,17 @@ def test_latest_run_is_the_finished_one(tws, trained):
 
 _KILLER = """
 import os, signal, sys
-from appliance import checkpoint
+from appliance import trainlog
 from appliance.workspace import Workspace
 from appliance.train import train
 sys.path.insert(0, {tests!r})
 from train_fixtures import tiny_train_config
-real_save = checkpoint.save
-def save_then_die(run_dir, state, *a, **kw):
-    out = real_save(run_dir, state, *a, **kw)
-    if state["step"] == 4:
+real_step = trainlog.TrainLog.step
+def step_then_die(self, record):
+    real_step(self, record)
+    if record["step"] == 5:  # after checkpoint-4, mid-way to checkpoint-6: step 5 must be redone
         os.kill(os.getpid(), signal.SIGKILL)
-    return out
-checkpoint.save = save_then_die
+trainlog.TrainLog.step = step_then_die
 train(tiny_train_config({model!r}, {dataset!r}, "tiny-killed", keep_last=10), Workspace.open({home!r}))
 """
 
@@ -148,6 +147,7 @@ def test_sigkilled_run_resumes_exactly(tws, tiny):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == -9, proc.stderr[-2000:]
     killed = tws.runs / "tiny-killed"
+    assert [r["step"] for r in _records(killed) if "loss" in r] == [1, 2, 3, 4, 5]
     assert json.loads((killed / "run.json").read_text())["status"] == "running"
     assert not (killed / "adapter").exists()
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
