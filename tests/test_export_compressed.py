@@ -67,10 +67,16 @@ def test_run_export_records_provenance_and_calibrates_on_run_data(run_ws, capsys
     assert qc["quant_method"] == "compressed-tensors" and qc["config_groups"]["group_0"]["weights"]["num_bits"] == 4
 
 
-@pytest.mark.parametrize("fmt", ["gptq", "awq"])
-def test_embedded_model_quantized_loads_and_answers(ws, base_model, fmt):
+@pytest.fixture(scope="module")
+def quantized(ws, base_model):
+    """The embedded model as GPTQ and AWQ artifacts (4 calibration rows, 2 eval rows)."""
     src = source_for_model(ws, str(base_model), "cq")
-    art = export_model(ws, src, [fmt], export_config(), overwrite=True)[fmt]
+    return export_model(ws, src, ["gptq", "awq"], export_config(), overwrite=True)
+
+
+@pytest.mark.parametrize("fmt", ["gptq", "awq"])
+def test_embedded_model_quantized_loads_and_answers(ws, base_model, quantized, fmt):
+    art = quantized[fmt]
     m = read_manifest(art)
     assert m["format"] == fmt and "model.safetensors" in m["files"] and "chat_template.jinja" in m["files"]
     assert m["quality"]["calibration"]["group_size"] == 64  # SmolLM2's 576-wide rows
@@ -83,3 +89,41 @@ def test_embedded_model_quantized_loads_and_answers(ws, base_model, fmt):
     answer = _answer(art)
     assert answer.strip(), "the quantized model produced no answer"
     assert verify_artifact(art, trusted_keys(ws)).ok
+
+
+@pytest.mark.parametrize("fmt", ["gptq", "awq"])
+def test_vllm_serves_the_artifact(ws, quantized, fmt, tmp_path, monkeypatch):
+    """vLLM (its own venv, compressed-tensors 0.17) loads what llm-compressor (0.19) wrote, and answers."""
+    import asyncio
+
+    import httpx
+
+    from appliance.config import ServeConfig
+    from serve.artifacts import ArtifactStore
+    from serve.engines import VllmEngine, engine_for
+
+    monkeypatch.setenv("APPLIANCE_DEVICE", "cpu")
+    # vLLM-CPU's int4 kernel (cpu_gemm_wna16) has no float32 path: quantized folders are served in bf16
+    cfg = ServeConfig(max_model_len=1024, dtype="bfloat16", enable_lora=False, start_timeout_s=240.0)
+    engine = engine_for(ArtifactStore(ws).verified_spec(quantized[fmt].name), cfg, tmp_path)
+    assert isinstance(engine, VllmEngine)
+    try:
+        engine.command()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"vLLM environment missing: {exc}")
+
+    async def healthy():
+        async with httpx.AsyncClient() as http:
+            return await engine.wait_healthy(http, 240)
+
+    engine.start()
+    try:
+        asyncio.run(healthy())
+        r = httpx.post(engine.base_url + "/v1/chat/completions", timeout=120, json={
+            "model": engine.spec.name, "max_tokens": 24, "temperature": 0,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"].strip()
+    finally:
+        engine.stop()
+    assert not engine.alive()
