@@ -44,7 +44,8 @@ def pick_dtype(dtype: str, device: str):
 def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path))
+    # BPE tokenizers must not "clean up" spaces before punctuation (transformers warns on every load)
+    tok = AutoTokenizer.from_pretrained(str(path), clean_up_tokenization_spaces=False)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if not getattr(tok, "chat_template", None):
