@@ -34,12 +34,17 @@ TOOLS = ("appliance", "torch", "transformers", "peft", "llmcompressor", "compres
          "gguf", "model-signing")
 
 
-def list_payload(path: Path) -> list[str]:
-    """Relative posix names of every file under `path` except SHA256SUMS and model.sig (sorted)."""
+def list_payload(path: Path, *, skip_symlinks: bool = False) -> list[str]:
+    """Relative posix names of every file under `path` except SHA256SUMS and model.sig (sorted).
+
+    Artifacts hold plain files only: a symlink raises ArtifactError, or is left out with `skip_symlinks`.
+    """
     path = Path(path)
     names = []
     for p in sorted(path.rglob("*")):
         if p.is_symlink():
+            if skip_symlinks:
+                continue
             raise ArtifactError(f"{p} is a symlink; artifacts hold plain files only", "copy the file instead")
         if p.is_file():
             rel = p.relative_to(path).as_posix()

@@ -54,6 +54,14 @@ def test_added_file_is_extra(fresh_ws, art):
     assert (e.extra, e.missing, e.mismatched) == (["extra/payload.py"], [], [])
 
 
+def test_symlink_is_extra_and_not_followed(fresh_ws, art, tmp_path):
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"elsewhere")
+    (art / "link.bin").symlink_to(outside)
+    e = _fails(art, trusted_keys(fresh_ws))
+    assert (e.extra, e.missing, e.mismatched) == (["link.bin"], [], [])
+
+
 def test_deleted_file_is_missing(fresh_ws, art):
     (art / "config.json").unlink()
     e = _fails(art, trusted_keys(fresh_ws))
