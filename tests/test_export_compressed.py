@@ -127,3 +127,21 @@ def test_vllm_serves_the_artifact(ws, quantized, fmt, tmp_path, monkeypatch):
     finally:
         engine.stop()
     assert not engine.alive()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_bench_script_quantizes_on_gpu(method, tmp_path):
+    """The 7B bench's code path on a small model of the same family, on CUDA (full run: bench/export_gpu/)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(repo / "bench/export_gpu/run_7b_quant.py"), "--method", method, "--tiny",
+                        "--samples", "4", "--seq-len", "128", "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
+                                                                        "Q7_DIR": str(tmp_path / "q7")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")][-1]
+    assert result["event"] == "result" and result["method"] == method and result["peak_gpu_alloc_gib"] > 0
