@@ -34,7 +34,8 @@ def serve_cli(args: argparse.Namespace, ws: Workspace) -> int:
     app = create_app(ws, cfg, first=first, admin_token=token)
     what = f"'{first.name}' ({first.format})" if first else "no model yet (deploy one with `appliance deploy NAME`)"
     print(f"gateway on http://{cfg.host}:{cfg.port}/v1 serving {what}; engine logs in {ws.home / 'logs'}")
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=10)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=10)
     return 0
 
 

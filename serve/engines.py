@@ -201,6 +201,9 @@ class LlamaServerEngine(Engine):
 
     kind = "llama.cpp"
     slots = 4
+    # Enough HTTP threads that queued connections are never dropped: with the default (one per core)
+    # a waiting connection hits the server's keep-alive read timeout and is closed without a response.
+    http_threads = 64
 
     def gguf_file(self) -> Path:
         files = sorted(self.spec.path.glob("*.gguf"))
@@ -213,7 +216,7 @@ class LlamaServerEngine(Engine):
 
         cmd = [str(llama_server()), "-m", str(self.gguf_file()), "--host", HOST, "--port", str(self.port),
                "--alias", self.spec.name, "-c", str(self.cfg.max_model_len * self.slots), "-np", str(self.slots),
-               "--jinja", "--metrics", "--no-webui"]
+               "--jinja", "--metrics", "--no-webui", "--threads-http", str(self.http_threads)]
         template = self.spec.path / "chat_template.jinja"
         if template.is_file():  # an artifact may carry its own chat template next to the GGUF
             cmd += ["--chat-template-file", str(template)]

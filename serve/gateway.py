@@ -82,7 +82,8 @@ class Gateway:
         self.store = ArtifactStore(ws)
         self.metrics = Metrics()
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0),
-                                      limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256))
+                                      limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256,
+                                                          keepalive_expiry=2.0))  # < llama-server's 5 s
         self.active: Slot | None = None
         self.state = "none"  # none | starting | serving | crashed | restarting | held
         self.gate = asyncio.Event()
@@ -175,7 +176,11 @@ class Gateway:
             req = self.http.build_request("POST", slot.engine.base_url + path,
                                           content=json.dumps(payload).encode(),
                                           headers={"content-type": "application/json"})
-            resp = await self.http.send(req, stream=True)
+            try:
+                resp = await self.http.send(req, stream=True)
+            except (httpx.RemoteProtocolError, httpx.ConnectError):
+                # a kept-alive connection the engine had just closed: nothing was processed, send it again
+                resp = await self.http.send(req, stream=True)
         except (httpx.TransportError, asyncio.CancelledError) as e:
             slot.leave()
             self.metrics.observe_request(path, 503, time.perf_counter() - t0)
