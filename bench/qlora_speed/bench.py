@@ -84,16 +84,14 @@ def recipe_plan(recipe: str):
 def load(name: str, recipe: str, seed: int = 0):
     """The trainer's recipe: plan -> before_load -> 4-bit load -> after_load -> LoRA."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from appliance.loading import load_base  # the trainer's loader: NF4, double quant, storage = bf16
 
     path = ensure_model(name)
     plan = recipe_plan(recipe)
     speedups.before_load(plan, SHAPES[name]["model_type"])
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                           bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
     t = time.time()
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=q, dtype=torch.bfloat16,
-                                                 device_map={"": 0}, attn_implementation="sdpa")
+    model = load_base(path, "qlora", torch.bfloat16, "cuda:0")
     load_s = time.time() - t
     model = speedups.after_load(model, plan)
     torch.manual_seed(seed)
@@ -173,19 +171,20 @@ def profile(model, opt, batch, step_s: float) -> None:
 def loss(args) -> None:
     """Same data, same seed, `--steps` optimizer steps: the loss curve to compare across recipes.
 
-    Data: rows that repeat a random 64-token motif, so a LoRA on a random base can learn them
-    (loss falls well below ln(vocab)); the same rows for every recipe."""
+    Data: rows that repeat a random 64-token motif drawn from 100 token ids, so a LoRA on a random
+    base has something to learn (unigram floor ln(100) = 4.6); the same rows for every recipe.
+    The random base is made once per call: compare curves from the same call only."""
     model, _ = load(args.model, args.recipe, seed=0)
     opt = optimizer(model, args.recipe)
     for g in opt.param_groups:
-        g["lr"] = 2e-4
+        g["lr"] = args.lr
     gen = torch.Generator().manual_seed(1234)
     losses = []
     for i in range(args.steps):
-        motif = torch.randint(0, 2000, (args.bs, 64), generator=gen)
+        motif = torch.randint(0, 100, (args.bs, 64), generator=gen)
         x = motif.repeat(1, args.seq // 64).cuda()
         losses.append(float(step(model, opt, {"input_ids": x, "labels": x}).detach()))
-    log("RESULT", mode="loss", model=args.model, recipe=args.recipe, seq=args.seq, bs=args.bs,
+    log("RESULT", mode="loss", model=args.model, recipe=args.recipe, seq=args.seq, bs=args.bs, lr=args.lr,
         losses=[round(v, 5) for v in losses])
 
 
@@ -211,12 +210,22 @@ def pack(args) -> None:
     result = {"mode": "pack", "recipe": args.recipe, "examples": len(examples), "real_tokens": real,
               "median_len": sorted(lengths)[len(lengths) // 2], "max_len": max(lengths), "bs": args.bs,
               "padded_batches": len(padded), "packed_batches": len(packed)}
-    for name, batches in (("padded", padded), ("packed", packed)):
-        batches = [{k: v.cuda() for k, v in b.items()} for b in batches]
+    on_gpu = {name: [{k: v.cuda() for k, v in b.items()} for b in batches]
+              for name, batches in (("padded", padded), ("packed", packed))}
+    for name, batches in on_gpu.items():  # summed token loss of the same examples, same (initial) weights
+        total = 0.0
+        with torch.no_grad():  # train mode (no recompiles); dropout is 0, so this is the eval loss
+            for b in batches:
+                n = int((b["labels"][:, 1:] != -100).sum())
+                total += float(model(**b).loss) * n
+        result[name + "_loss_sum"] = round(total, 2)
+    for name, batches in on_gpu.items():
         torch.cuda.reset_peak_memory_stats()
-        for b in batches[:2]:
+        t0 = time.perf_counter()
+        for b in batches:  # warm-up pass: compiles every shape this mode will see
             step(model, opt, b)
         torch.cuda.synchronize()
+        result[name + "_warmup_pass_s"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
         for b in batches:
             step(model, opt, b)
@@ -225,14 +234,6 @@ def pack(args) -> None:
         result[name + "_tok_per_s"] = round(real / dt)
         result[name + "_peak_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         result[name + "_slots"] = sum(b["input_ids"].numel() for b in batches)
-        model.eval()
-        total = 0.0
-        with torch.no_grad():
-            for b in batches:
-                n = int((b["labels"][:, 1:] != -100).sum())
-                total += float(model(**b).loss) * n
-        model.train()
-        result[name + "_loss_sum"] = round(total, 2)
     result["speedup"] = round(result["packed_tok_per_s"] / result["padded_tok_per_s"], 2)
     result["loss_rel_diff"] = abs(result["packed_loss_sum"] - result["padded_loss_sum"]) / abs(result["padded_loss_sum"])
     log("RESULT", **result)
@@ -248,7 +249,8 @@ def main() -> None:
     p.add_argument("--warm", type=int, default=3)
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--bs", type=int, default=1)
-    p.add_argument("--examples", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--examples", type=int, default=128)
     p.add_argument("--median", type=int, default=300)
     p.add_argument("--profile", action="store_true")
     args = p.parse_args()
