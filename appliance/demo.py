@@ -4,10 +4,9 @@
 
 Steps: score the base model on the sample's held-out split, fine-tune it (LoRA on CPU, QLoRA on a
 GPU), score the fine-tune, merge, then a one-shot chat with a held-out prompt. A before/after table
-with timings closes it. Later steps (export, verify, serve, deploy) are appended to `STEPS`:
-
-    def export_step(demo: Demo) -> str: ...          # returns a one-line summary
-    STEPS.append(("export", export_step))
+with timings closes it. Then (appliance/demo_serve.py) the merged model is exported to signed GGUF
+Q4_K_M and GPTQ artifacts, both are verified, a real gateway serves the GGUF through llama.cpp, and
+the GPTQ artifact is hot-swapped in (vLLM); `--no-serve` stops after chat.
 """
 
 from __future__ import annotations
@@ -39,6 +38,10 @@ class Demo:
     timings: list[tuple[str, float, str]] = field(default_factory=list)
     base_model: Path | None = None
     _base: tuple | None = None  # (model, tokenizer) of the base, loaded for scoring
+    artifacts: list[Path] = field(default_factory=list)  # signed exports (demo_serve)
+    gateway: object | None = None  # the `appliance serve` process (demo_serve)
+    gateway_url: str = ""
+    admin_token: str = ""
 
     def eval_rows(self):
         from appliance.data import sample_eval_path
@@ -125,6 +128,12 @@ STEPS: list[tuple[str, Callable[[Demo], str]]] = [
 ]
 
 
+def _serving_steps() -> list[tuple[str, Callable[[Demo], str]]]:
+    from appliance import demo_serve
+
+    return demo_serve.STEPS
+
+
 def run(demo: Demo, steps: list[tuple[str, Callable[[Demo], str]]] = STEPS) -> Demo:
     for i, (name, fn) in enumerate(steps, 1):
         print(f"\n=== [{i}/{len(steps)}] {name} ===", flush=True)
@@ -172,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, help=f"training steps (default {CPU_STEPS} on CPU, {GPU_STEPS} on GPU)")
     p.add_argument("--method", choices=["auto", "lora", "qlora"], default="auto")
     p.add_argument("--limit", type=int, help="score only the first N held-out rows")
+    p.add_argument("--no-serve", action="store_true",
+                   help="stop after chat (skip export, verify, serve and the hot-swap deploy)")
     args = p.parse_args(argv)
 
     from transformers.utils import logging as hf_logging
@@ -182,11 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     ws = Workspace.open(args.home)
     demo = Demo(ws=ws, args=args, run_name=f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     print(f"appliance demo in {ws.home} (run {demo.run_name})")
+    steps = STEPS if args.no_serve else STEPS + _serving_steps()
     try:
-        run(demo)
+        run(demo, steps)
     except ApplianceError as e:
         print(f"error: {e.message}" + (f"\n  -> {e.hint}" if e.hint else ""), file=sys.stderr)
         return e.exit_code
+    finally:
+        from appliance.demo_serve import stop_gateway
+
+        stop_gateway(demo)
     return 0
 
 
