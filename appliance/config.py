@@ -198,6 +198,11 @@ def _coerce(value: Any, tp: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
             return value.lower() in ("true", "yes", "1", "on")
         raise ValueError(f"expected true/false, got {value!r}")
+    if tp in (int, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" as a string; accept what Python accepts as a number
+            value = float(value) if tp is float else int(value)
+        except ValueError:
+            pass
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
             raise ValueError(f"expected an integer, got {value!r}")

@@ -60,6 +60,7 @@ def test_config_layers_defaults_file_overrides(tmp_path):
     f.write_text("train:\n  lr: 0.001\n  batch_size: 4\nexport:\n  formats: [awq]\n")
     cfg = config.load(config.TrainConfig, f, ["batch_size=2", "train.packing=true"])
     assert (cfg.lr, cfg.batch_size, cfg.packing) == (0.001, 2, True)
+    assert config.load(config.TrainConfig, None, ["lr=1e-4"]).lr == 1e-4  # YAML reads 1e-4 as a string
     assert config.load(config.ExportConfig, f).formats == ["awq"]
     with pytest.raises(ConfigError, match="lr: must be > 0"):
         config.load(config.TrainConfig, None, ["lr=0"])
