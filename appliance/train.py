@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from appliance import checkpoint, data, speedups
+from appliance import checkpoint, data, distributed, speedups
 from appliance.config import TrainConfig, describe, load, to_dict
 from appliance.errors import ConfigError, RunNotFoundError
 from appliance.loading import load_base, load_tokenizer, pick_dtype, pick_method
@@ -71,12 +71,7 @@ def run_cli(args: argparse.Namespace, ws: Workspace) -> int:
         cfg = load(TrainConfig, run_dir / "run.yaml", args.overrides, **values)
     else:
         cfg = load(TrainConfig, args.config, args.overrides, **values)
-    if cfg.gpus > 1:
-        try:
-            from appliance import distributed  # `accelerate launch` with FSDP + QLoRA running this recipe
-        except ModuleNotFoundError:
-            raise ConfigError([f"gpus: {cfg.gpus} GPUs need multi-GPU launch support, which this version lacks"],
-                              source="train", hint="train on one GPU (--gpus 1), or run `accelerate launch -m appliance.cli train` yourself") from None
+    if cfg.gpus > 1:  # `accelerate launch` with FSDP + QLoRA running this same recipe
         return distributed.launch(cfg, ws, resume=args.resume)
     run_dir = train(cfg, ws, resume=args.resume)
     print(f"run finished: {run_dir}\n  next: appliance chat --run {run_dir.name}   |   appliance merge --run {run_dir.name}")
@@ -165,6 +160,7 @@ class Recipe:
         self.optimizer = self._make_optimizer(model)
         self.total_steps = self._total_steps()
         self.scheduler = self._make_scheduler()
+        distributed.fsdp_prepare(acc, model)  # peft's FSDP wrap policy; a no-op on one process
         self.model, self.optimizer = acc.prepare(model, self.optimizer)
 
         ckpt = checkpoint.latest(self.run_dir) if resume else None
@@ -183,7 +179,9 @@ class Recipe:
         if not cfg.run_name:
             cfg.run_name = f"{_short_name(cfg.model)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         run_dir = self.ws.runs / cfg.run_name
-        if run_dir.exists() and not resume:
+        existed = run_dir.exists()
+        self.accelerator.wait_for_everyone()  # every process looks before the main one creates it
+        if existed and not resume:
             raise ConfigError([f"run_name: runs/{cfg.run_name} already exists"], source="train",
                               hint=f"continue it with `appliance train --resume --run-name {cfg.run_name}`, or pick another --run-name")
         if resume and (run_dir / "run.json").is_file():
