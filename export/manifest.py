@@ -13,13 +13,13 @@ appliance.json keys (null when they do not apply):
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
 from appliance.errors import ArtifactError
+from appliance.models import file_sha256  # noqa: F401  (re-exported: manifest.file_sha256)
 
 MANIFEST = "appliance.json"
 SUMS = "SHA256SUMS"
@@ -51,14 +51,6 @@ def list_payload(path: Path, *, skip_symlinks: bool = False) -> list[str]:
             if rel not in (SUMS, SIGNATURE):
                 names.append(rel)
     return names
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 def digests(path: Path, names: list[str] | None = None) -> dict[str, str]:
