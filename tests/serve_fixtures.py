@@ -209,6 +209,12 @@ class Load:
         for t in self.threads:
             t.join(120)
 
+    def wait_after(self, t: float, n: int, timeout: float = 180) -> None:
+        """Keep the load running until `n` requests that started after `t` have finished."""
+        t0 = time.monotonic()
+        while len(self.after(t)) < n and time.monotonic() - t0 < timeout:
+            time.sleep(0.1)
+
     def after(self, t: float) -> list[dict]:
         return [r for r in self.results if r["start"] > t]
 

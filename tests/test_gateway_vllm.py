@@ -90,12 +90,13 @@ def test_deploy_of_a_vllm_artifact_holds_streaming_clients_and_switches(gw, hf_a
         submitted = time.monotonic()
         dep = gw.deploy(b, strategy="auto")
         done_at = time.monotonic()
-        time.sleep(2.0)
+        load.wait_after(done_at, 3)
     assert dep["state"] == "done", dep
     assert dep["strategy"] == ("restart" if (os.cpu_count() or 1) < 8 else "blue-green")
     errors = [r["error"] for r in load.results if "error" in r]
     assert not errors, errors[:3]
     assert all(r["model"] == a for r in load.results if r["end"] < submitted)
-    assert all(r["model"] == b for r in load.after(done_at))
+    after = load.after(done_at)
+    assert after and all(r["model"] == b for r in after)
     assert ask(client, max_tokens=16) != answer_a
     print(f"vLLM {dep['strategy']} timings: {dep['timings']}")
