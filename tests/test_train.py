@@ -246,18 +246,34 @@ def test_example_config_loads_and_starts_with_its_command():
 
 
 @pytest.mark.slow
-def test_short_lora_run_beats_the_base_on_held_out_rows(ws, base_model):
-    """The demo's first four steps on the embedded model: train, then score base vs fine-tune."""
+def test_short_lora_run_beats_the_base_and_survives_export(base_model, tmp_path):
+    """The demo's steps on the embedded model: train, score base vs fine-tune, merge, export to GGUF and GPTQ."""
     import argparse
-
+    import shutil
     import uuid
 
     from appliance import demo
+    from appliance.workspace import Workspace
 
+    # A workspace of its own (its artifacts must not show up in other tests), with the base model copied in.
+    own = Workspace.open(tmp_path / "ws")
+    shutil.copytree(base_model, own.models / base_model.name)
     args = argparse.Namespace(max_steps=SLOW_STEPS, method="lora", limit=SLOW_ROWS)
-    d = demo.Demo(ws=ws, args=args, run_name=f"slow-demo-{uuid.uuid4().hex[:6]}")
+    d = demo.Demo(ws=own, args=args, run_name=f"slow-demo-{uuid.uuid4().hex[:6]}")
     demo.run(d, demo.STEPS[:4])
     base, tuned = d.scores["base"], d.scores["fine-tuned"]
     assert tuned["n"] == base["n"] == SLOW_ROWS
     assert tuned["score"] >= base["score"] + 0.5, (base, tuned)
     assert tuned["perplexity"] < base["perplexity"]
+
+    # The fine-tune survives merge and 4-bit export: the demo's merge and export steps (GGUF Q4_K_M
+    # through llama.cpp, GPTQ W4A16 through transformers) score each artifact on the same rows.
+    from appliance import demo_serve
+    from export.artifact import read_manifest
+
+    demo.run(d, [("merge", demo.merge_step), ("export", demo_serve.export_step)])
+    assert sorted(p.name.rsplit("-", 1)[-1] for p in d.artifacts) == ["gptq", "q4_k_m"]
+    for art in d.artifacts:
+        q = read_manifest(art)["quality"]
+        assert q["n"] == SLOW_ROWS
+        assert q["artifact"]["score"] >= base["score"] + 0.4, (art.name, base, q)
