@@ -10,7 +10,6 @@ Row formats live in `appliance.formats`, packing and collation in `appliance.pac
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import sys
@@ -69,11 +68,9 @@ def sample_eval_path() -> Path:
 
 
 def dataset_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(resolve_dataset(path), "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    from appliance.models import file_sha256
+
+    return file_sha256(resolve_dataset(path))
 
 
 def load_examples(path: str | Path, format: str = "auto", skip_invalid: bool = False) -> list[Example]:

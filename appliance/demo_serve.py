@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -45,7 +44,9 @@ def serve_step(demo) -> str:
     from appliance.evaluate import prompt_and_reference
 
     gguf = next(p for p in demo.artifacts if "gguf" in p.name)
-    port = _free_port()
+    from serve.engines import free_port
+
+    port = free_port()
     demo.gateway_url = f"http://127.0.0.1:{port}"
     demo.admin_token = secrets.token_urlsafe(24)
     env = dict(os.environ, APPLIANCE_ADMIN_TOKEN=demo.admin_token, PYTHONUNBUFFERED="1")
@@ -90,12 +91,6 @@ def stop_gateway(demo) -> None:
 
 
 STEPS = [("export", export_step), ("verify", verify_step), ("serve", serve_step), ("deploy", deploy_step)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:

@@ -80,28 +80,26 @@ def _text(value: Any, where: str) -> str:
     return value
 
 
-def _parse_messages(row: dict) -> list[dict]:
+def _parse_turns(row: dict, key: str, label: str, role_key: str, content_key: str,
+                 roles: dict[str, str], allowed: str) -> list[dict]:
+    """Turns under `key`, each {role_key, content_key}, mapped to {"role", "content"} through `roles`."""
     out = []
-    for i, m in enumerate(_turn_list(row, "messages", "OpenAI messages")):
+    for i, m in enumerate(_turn_list(row, key, label)):
         if not isinstance(m, dict):
-            raise RowError(f"messages[{i}]: expected an object with role and content, got {type(m).__name__}")
-        role = m.get("role")
-        if role not in ROLES:
-            raise RowError(f"messages[{i}].role: {role!r} is not one of {'/'.join(ROLES)}")
-        out.append({"role": role, "content": _text(m.get("content"), f"messages[{i}].content")})
+            raise RowError(f"{key}[{i}]: expected an object with {role_key} and {content_key}, got {type(m).__name__}")
+        who = m.get(role_key)
+        if who not in roles:
+            raise RowError(f"{key}[{i}].{role_key}: {who!r} is not one of {allowed}")
+        out.append({"role": roles[who], "content": _text(m.get(content_key), f"{key}[{i}].{content_key}")})
     return out
+
+
+def _parse_messages(row: dict) -> list[dict]:
+    return _parse_turns(row, "messages", "OpenAI messages", "role", "content", {r: r for r in ROLES}, "/".join(ROLES))
 
 
 def _parse_sharegpt(row: dict) -> list[dict]:
-    out = []
-    for i, m in enumerate(_turn_list(row, "conversations", "ShareGPT")):
-        if not isinstance(m, dict):
-            raise RowError(f"conversations[{i}]: expected an object with from and value, got {type(m).__name__}")
-        who = m.get("from")
-        if who not in SHAREGPT_ROLES:
-            raise RowError(f"conversations[{i}].from: {who!r} is not one of system/human/gpt")
-        out.append({"role": SHAREGPT_ROLES[who], "content": _text(m.get("value"), f"conversations[{i}].value")})
-    return out
+    return _parse_turns(row, "conversations", "ShareGPT", "from", "value", SHAREGPT_ROLES, "system/human/gpt")
 
 
 def _parse_alpaca(row: dict) -> list[dict]:

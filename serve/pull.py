@@ -10,7 +10,6 @@ the workspace's keys/ and trust/, never a key the server hands out) is the folde
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -18,6 +17,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from appliance.errors import ArtifactError, VerificationError
+from appliance.models import file_sha256
 
 CHUNK = 1 << 20
 
@@ -55,7 +55,7 @@ def _download(http: httpx.Client, url: str, part: Path, f: dict, progress) -> No
         raise ArtifactError(f"the server listed a file outside the artifact: {f['name']!r}", "refusing to write it")
     dest.parent.mkdir(parents=True, exist_ok=True)
     have = dest.stat().st_size if dest.exists() else 0
-    if have == f["size"] and _sha256(dest) == f["sha256"]:
+    if have == f["size"] and file_sha256(dest) == f["sha256"]:
         return
     if have > f["size"]:
         dest.unlink()
@@ -77,7 +77,7 @@ def _download(http: httpx.Client, url: str, part: Path, f: dict, progress) -> No
 
 
 def _verify(part: Path, info: dict, trusted: list[Path]) -> None:
-    bad = [f["name"] for f in info["files"] if _sha256(part / f["name"]) != f["sha256"]]
+    bad = [f["name"] for f in info["files"] if file_sha256(part / f["name"]) != f["sha256"]]
     if bad:
         for n in bad:
             (part / n).unlink(missing_ok=True)  # a fresh download next time
@@ -86,14 +86,6 @@ def _verify(part: Path, info: dict, trusted: list[Path]) -> None:
     from export.verify import verify_artifact
 
     verify_artifact(part, trusted)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(CHUNK):
-            h.update(b)
-    return h.hexdigest()
 
 
 def how_to_run(out: Path, info_format: str | None = None) -> str:
