@@ -123,12 +123,16 @@ def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write a file via a temporary name + rename, so readers never see half of it."""
+def write_atomic(path: Path, data: str | bytes, mode: int = 0o666) -> None:
+    """Write a file via a temporary name + rename, so readers never see half of it.
+
+    `mode` is the permission the file is created with (before the umask), e.g. 0o600 for secrets:
+    the content is never readable by others, not even for a moment.
+    """
     path = Path(path)
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
-    mode = "wb" if isinstance(data, bytes) else "w"
-    with open(tmp, mode) as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

@@ -13,7 +13,6 @@ every file of the directory except `model.sig` itself, so anyone can check it wi
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from appliance.errors import ArtifactError, MissingDependencyError
@@ -42,12 +41,7 @@ def ensure_keypair(ws: Workspace) -> tuple[Path, Path]:
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     ws.keys.mkdir(parents=True, exist_ok=True)
-    tmp = key.with_name(f".tmp-{PRIVATE_KEY}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, key)
+    write_atomic(key, pem, mode=0o600)
     write_atomic(pub, _public_pem(private))
     return key, pub
 

@@ -10,7 +10,7 @@ import os
 import secrets
 from pathlib import Path
 
-from appliance.workspace import Workspace
+from appliance.workspace import Workspace, write_atomic
 
 TOKEN_FILE = "admin.token"
 
@@ -24,11 +24,7 @@ def admin_token(ws: Workspace) -> tuple[str, bool]:
     if path.is_file():
         return path.read_text().strip(), False
     token = secrets.token_urlsafe(32)
-    tmp = path.with_name(f".tmp-{TOKEN_FILE}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, token + "\n", mode=0o600)
     return token, True
 
 
