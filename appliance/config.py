@@ -60,7 +60,7 @@ class TrainConfig:
     lr_scheduler: Literal["cosine", "linear", "constant"] = doc("cosine", "Learning-rate schedule after warmup.")
     weight_decay: float = doc(0.0, "AdamW weight decay.")
     max_grad_norm: float = doc(1.0, "Gradient clipping norm (0 disables).")
-    optimizer: Literal["auto", "adamw", "paged_adamw_8bit"] = doc("auto", "auto = paged 8-bit AdamW on GPU, torch AdamW on CPU.")
+    optimizer: Literal["auto", "adamw", "paged_adamw_8bit"] = doc("auto", "auto = fused AdamW on GPU (paged 8-bit AdamW when its fp32 states would pass 2 GiB), torch AdamW on CPU.")
     gradient_checkpointing: Literal["auto", "on", "off"] = doc("auto", "Recompute activations in backward to save memory; auto = on for GPU QLoRA.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = doc("auto", "Compute dtype; auto = bfloat16 on GPUs that support it, float32 on CPU.")
     kernels: Literal["auto", "off"] = doc("auto", "Speed-ups (fused kernels, no fp32 upcasts) where the hardware allows; printed at start.")

@@ -39,7 +39,8 @@ def pack(tokenized: list[dict], max_seq_len: int) -> list[dict]:
     return rows
 
 
-def collate(rows: list[dict], pad_id: int, packing: bool, mask_dtype: Any = None, four_d_mask: bool = True) -> dict:
+def collate(rows: list[dict], pad_id: int, packing: bool, mask_dtype: Any = None, four_d_mask: bool = True,
+            pad_to_multiple: int = 1) -> dict:
     """Right-pad rows into tensors.
 
     Unpacked: input_ids, labels (-100 on padding), attention_mask (1 = token, 0 = padding).
@@ -51,10 +52,12 @@ def collate(rows: list[dict], pad_id: int, packing: bool, mask_dtype: Any = None
     position_ids (cheaper for long rows; flash-attention friendly), but only when the forward pass
     runs with `use_cache=False` (with a KV cache transformers skips that detection and the examples
     would see each other). Padding forms its own block, so no row is fully masked.
+    `pad_to_multiple` rounds the width up (compiled models / CUDA graphs see few distinct shapes).
     """
     import torch
 
     width = max(len(r["input_ids"]) for r in rows)
+    width = -(-width // pad_to_multiple) * pad_to_multiple
     batch = len(rows)
     input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
     labels = torch.full((batch, width), IGNORE, dtype=torch.long)

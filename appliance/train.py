@@ -255,7 +255,7 @@ class Recipe:
         params = [p for p in model.parameters() if p.requires_grad]
         kind = cfg.optimizer
         if kind == "auto":
-            kind = "paged_adamw_8bit" if self.device == "cuda" else "adamw"
+            kind = speedups.pick_optimizer(self.plan, sum(p.numel() for p in params))
         if kind == "paged_adamw_8bit":
             if self.device != "cuda":
                 raise ConfigError(["optimizer: paged_adamw_8bit needs a CUDA GPU"], source="train",
@@ -263,9 +263,12 @@ class Recipe:
             import bitsandbytes as bnb
 
             opt = bnb.optim.PagedAdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:  # adamw / adamw_fused: one multi-tensor kernel per step on CUDA
+            fused = kind == "adamw_fused" or (kind == "adamw" and self.device == "cuda")
+            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+        speedups.prepare_grads(params, self.plan)
         self.info["optimizer"] = kind
+        self.say(f"optimizer: {kind}")
         return opt
 
     def _batches_per_epoch(self) -> int:
@@ -306,6 +309,7 @@ class Recipe:
                 step_tokens += int(batch.pop("n_tokens").sum())
                 sync = i == len(group) - 1
                 with contextlib.nullcontext() if sync else acc.no_sync(self.model):
+                    speedups.step_begin(self.plan)
                     out = self.model(**batch, num_items_in_batch=label_tokens.clamp(min=1))
                     # gradients are averaged over processes; scale so the result is sum / all label tokens
                     acc.backward(out.loss * acc.num_processes)
@@ -313,7 +317,7 @@ class Recipe:
             grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
             self.optimizer.step()
             self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=not self.plan.cuda_graphs)  # CUDA graphs: stable buffers
             p.step += 1
             p.tokens += int(acc.reduce(torch.tensor(step_tokens, device=acc.device), "sum"))
             loss = float(acc.reduce(step_loss, "sum"))
@@ -359,7 +363,8 @@ class Recipe:
     def _collate(self, rows: list[dict]) -> dict:
         import torch
 
-        batch = data.collate(rows, self.tokenizer.pad_token_id, self.cfg.packing, mask_dtype=self.dtype)
+        batch = data.collate(rows, self.tokenizer.pad_token_id, self.cfg.packing, mask_dtype=self.dtype,
+                             pad_to_multiple=self.plan.pad_to_multiple)
         batch["n_tokens"] = torch.tensor([sum(len(r["input_ids"]) for r in rows)])
         return batch
 
@@ -372,7 +377,8 @@ class Recipe:
         with torch.no_grad():
             for start in range(0, len(self.eval_rows), self.cfg.batch_size):
                 rows = self.eval_rows[start:start + self.cfg.batch_size]
-                batch = {k: v.to(acc.device) for k, v in data.collate(rows, self.tokenizer.pad_token_id, False).items()}
+                batch = data.collate(rows, self.tokenizer.pad_token_id, False, pad_to_multiple=self.plan.pad_to_multiple)
+                batch = {k: v.to(acc.device) for k, v in batch.items()}
                 n = _label_tokens(batch).to(acc.device)
                 out = self.model(**batch, num_items_in_batch=n.clamp(min=1))
                 total += out.loss.double() * n

@@ -318,3 +318,15 @@ def _members(row, examples):
         out.append(next(i for i, ex in enumerate(examples) if ex["input_ids"] == ids))
         start += n
     return out
+
+
+def test_collate_pads_width_to_a_multiple():
+    from appliance.packing import collate, pack
+
+    rows = [{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}, {"input_ids": [4] * 5, "labels": [4] * 5}]
+    b = collate(rows, 0, packing=False, pad_to_multiple=8)
+    assert b["input_ids"].shape == (2, 8) and b["attention_mask"].sum().item() == 8
+    assert (b["labels"][:, 5:] == -100).all()
+    packed = collate(pack(rows, 16), 0, packing=True, pad_to_multiple=16)
+    assert packed["input_ids"].shape == (1, 16) and packed["attention_mask"].shape == (1, 1, 16, 16)
+    assert collate(rows, 0, packing=False)["input_ids"].shape == (2, 5)

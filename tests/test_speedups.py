@@ -162,6 +162,71 @@ def test_compiled_layers_keep_gradients(batch, restore_peft):
     assert_same(got, ref, rtol=1e-4, atol=1e-5)
 
 
+def saved_activation_bytes(model, batch) -> int:
+    """Bytes autograd keeps for backward, parameters not counted (they exist anyway)."""
+    params = {p.data_ptr() for p in model.parameters()}
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        if t.data_ptr() not in params:
+            total += t.numel() * t.element_size()
+        return t
+
+    model.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(**batch)
+    out.loss.backward()
+    return total
+
+
+def test_checkpoint_in_graph_keeps_gradients_and_memory(restore_peft):
+    """Recompute inside the compiled layer graph: same loss and gradients as transformers'
+    checkpointing, and only about the layers' inputs are kept (not their activations)."""
+    import torch._dynamo
+
+    base = tiny_model("qwen2")
+    ids = torch.randint(0, 256, (1, 96), generator=torch.Generator().manual_seed(5))
+    batch = {"input_ids": ids, "labels": ids}
+
+    def prepared(**kw):
+        plan = speedups.SpeedPlan(device="cpu", fused_lora=True, **kw)
+        speedups.before_load(plan, "qwen2")
+        return with_lora(speedups.after_load(copy.deepcopy(base), plan))
+
+    hf_ckpt = prepared(gradient_checkpointing=True)
+    ref = loss_and_grads(hf_ckpt, batch)
+    model = prepared(gradient_checkpointing=True, compile_layers=True, compile_backend="aot_eager",
+                     checkpoint_in_graph=True)
+    try:
+        got = loss_and_grads(model, batch)
+        assert all(not lay.gradient_checkpointing for lay in speedups.decoder_layers(model))
+        kept = saved_activation_bytes(model, batch)
+    finally:
+        torch._dynamo.reset()
+    assert_same(got, ref, rtol=1e-4, atol=1e-5)
+    kept_hf = saved_activation_bytes(hf_ckpt, batch)
+    kept_all = saved_activation_bytes(prepared(gradient_checkpointing=False), batch)
+    assert kept < 2 * kept_hf and kept < kept_all / 3, (kept, kept_hf, kept_all)
+    model.eval()  # eval mode: plain compiled forward, nothing recomputed or kept
+    with torch.no_grad():
+        assert model(**batch).loss.item() == pytest.approx(ref[0], rel=1e-4)
+    torch._dynamo.reset()
+
+
+def test_liger_chunk_const_gives_the_asked_chunks():
+    """Liger's chunking rule applied to our constant: ~`tokens`-row chunks, never more than 2x."""
+    def chunk_rows(rows, hidden, vocab, const):
+        chunks = -(-vocab // (const * hidden))
+        return min(1 << (-(-rows // chunks) - 1).bit_length(), rows)
+
+    for vocab, hidden in ((152064, 3584), (128256, 4096), (49152, 576)):
+        for rows in (300, 2048, 8192, 32768):
+            const = speedups.liger_chunk_const(rows, hidden, vocab, 1024)
+            assert const >= 1
+            assert min(rows, 512) <= chunk_rows(rows, hidden, vocab, const) <= 2048
+
+
 def test_compile_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("APPLIANCE_COMPILE", "0")
     plan = speedups.choose(TrainConfig(), "cuda", quantized=True)
@@ -181,7 +246,28 @@ def test_choose_plans(monkeypatch):
     assert "plain transformers" in plain.describe()
     assert "fused LoRA path" in gpu.describe()
     off = speedups.choose(TrainConfig(gradient_checkpointing="off"), "cuda", quantized=True)
-    assert not off.gradient_checkpointing
+    assert not off.gradient_checkpointing and not off.checkpoint_in_graph
+    # the batch-1 measures: recompute inside the compiled graph, CUDA graphs (few widths), fused AdamW
+    assert gpu.checkpoint_in_graph and gpu.cuda_graphs and gpu.pad_to_multiple == 128
+    assert gpu.optimizer == "adamw_fused" and gpu.loss_chunk_tokens == (1024 if gpu.fused_loss else 0)
+    assert not (cpu.cuda_graphs or cpu.checkpoint_in_graph or plain.cuda_graphs) and cpu.pad_to_multiple == 1
+    monkeypatch.setenv("APPLIANCE_CUDA_GRAPHS", "0")
+    no_graphs = speedups.choose(TrainConfig(), "cuda", quantized=True)
+    assert no_graphs.compile_layers and not no_graphs.cuda_graphs and no_graphs.pad_to_multiple == 1
+
+
+def test_optimizer_auto_and_stable_grads():
+    gpu = speedups.choose(TrainConfig(), "cuda", quantized=True)
+    assert speedups.pick_optimizer(gpu, 40_000_000) == "adamw_fused"  # 7B, r=16: 320 MiB of states
+    big = speedups.choose(TrainConfig(), "cuda", quantized=True)
+    assert speedups.pick_optimizer(big, 400_000_000) == "paged_adamw_8bit" and "paged 8-bit" in big.describe()
+    assert speedups.pick_optimizer(speedups.choose(TrainConfig(kernels="off"), "cuda", True), 10) == "paged_adamw_8bit"
+    assert speedups.pick_optimizer(speedups.choose(TrainConfig(), "cpu", False), 10) == "adamw"
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2), requires_grad=False)]
+    speedups.prepare_grads(params, speedups.SpeedPlan(device="cpu"))
+    assert params[0].grad is None
+    speedups.prepare_grads(params, speedups.SpeedPlan(device="cuda", cuda_graphs=True))
+    assert torch.equal(params[0].grad, torch.zeros(3)) and params[1].grad is None
 
 
 def test_unsupported_model_type_turns_fused_kernels_off():

@@ -10,10 +10,10 @@ One process = one recipe (Liger patches are class-level, so recipes never share 
 
 Recipes: `off` = kernels: off (peft's fp32 upcast; the anchor recipe through our code),
 `bf16` = no upcast, no Liger, `ours` = what `appliance train` picks on CUDA (speedups.choose),
-`ours-adamw` = ours with torch's fused AdamW instead of paged 8-bit AdamW,
-`ours-eager` = ours without compiled layers (Liger RMSNorm/SwiGLU/RoPE instead),
-`ours-nofl` = ours-eager without the fused LoRA path, `ours-skipN` = ours with the last N layers
-not recomputed. Random-init models (speed and memory do not depend on weight
+then `+flag` modifiers (see FLAGS): `+adamw` / `+paged` optimizer, `+chunk` / `+nochunk` loss
+chunks, `+ckg` / `+nockg` recompute inside the compiled graph, `+cg` / `+nocg` CUDA graphs,
+`+eager` no compiled layers, `+nofl` peft's own LoRA forward, `+skipN` last N layers not recomputed.
+Random-init models (speed and memory do not depend on weight
 values): `--model qwen7b` (Qwen2.5-7B shape) or `llama8b` (Llama-3.1-8B shape).
 Every result is one JSON line starting with RESULT.
 """
@@ -67,17 +67,33 @@ def ensure_model(name: str) -> str:
     return path
 
 
+FLAGS = {  # recipe modifiers: ours+adamw+chunk ... (each one SpeedPlan change)
+    "adamw": dict(optimizer="adamw_fused"), "paged": dict(optimizer="paged_adamw_8bit"),
+    "pad": dict(pad_to_multiple=128),
+    "chunk": dict(loss_chunk_tokens=1024), "nochunk": dict(loss_chunk_tokens=0),
+    "ckg": dict(checkpoint_in_graph=True), "nockg": dict(checkpoint_in_graph=False),
+    "cg": dict(cuda_graphs=True), "nocg": dict(cuda_graphs=False),
+    "nofl": dict(fused_lora=False),
+}
+
+
 def recipe_plan(recipe: str):
-    kernels = "off" if recipe == "off" else "auto"
+    """`off` (kernels: off), `bf16` (no upcast, nothing fused) or `ours` (what `appliance train`
+    picks on CUDA), then `+flag` modifiers: ours+adamw+chunk+ckg+cg, ours+eager, ours+skip4 ..."""
+    base, *flags = recipe.split("+")
+    kernels = "off" if base == "off" else "auto"
     plan = speedups.choose(SimpleNamespace(kernels=kernels, gradient_checkpointing="on"), "cuda", True)
-    if recipe == "bf16":
+    if base == "bf16":
         plan.fused_kernels = plan.fused_loss = plan.fused_lora = False
-    if recipe in ("ours-eager", "ours-nofl"):
-        plan.compile_layers, plan.fused_kernels = False, plan.fused_loss
-    if recipe == "ours-nofl":
-        plan.fused_lora = False
-    if recipe.startswith("ours-skip"):
-        plan.checkpoint_skip = int(recipe.removeprefix("ours-skip"))
+    for flag in flags:
+        if flag == "eager":
+            plan.compile_layers, plan.fused_kernels = False, plan.fused_loss
+            plan.checkpoint_in_graph = plan.cuda_graphs = False
+        elif flag.startswith("skip"):
+            plan.checkpoint_skip = int(flag.removeprefix("skip"))
+        else:
+            for k, v in FLAGS[flag].items():
+                setattr(plan, k, v)
     return plan
 
 
@@ -102,25 +118,30 @@ def load(name: str, recipe: str, seed: int = 0):
     return model, plan
 
 
-def optimizer(model, recipe: str):
+def optimizer(model, plan):
+    """What the trainer builds for `optimizer: auto` (speedups.pick_optimizer)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if recipe == "ours-adamw":
+    kind = speedups.pick_optimizer(plan, sum(p.numel() for p in params))
+    speedups.prepare_grads(params, plan)
+    if kind == "adamw_fused":
         return torch.optim.AdamW(params, lr=1e-4, fused=True)
     import bitsandbytes as bnb
 
     return bnb.optim.PagedAdamW8bit(params, lr=1e-4)
 
 
-def step(model, opt, batch) -> float:
+def step(model, opt, batch, plan) -> float:
+    """One optimizer step as the trainer takes it."""
+    speedups.step_begin(plan)
     out = model(**batch)
     out.loss.backward()
     opt.step()
-    opt.zero_grad(set_to_none=True)
+    opt.zero_grad(set_to_none=not plan.cuda_graphs)
     return out.loss
 
 
 def speed(args) -> None:
-    model, _ = load(args.model, args.recipe)
+    model, plan = load(args.model, args.recipe)
     vocab = SHAPES[args.model]["vocab_size"]
     for k, shape in enumerate(args.shapes.split(",")):
         seq, bs = map(int, shape.split("x"))
@@ -129,7 +150,7 @@ def speed(args) -> None:
             gc.collect()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-            opt = optimizer(model, args.recipe)
+            opt = optimizer(model, plan)
             g = torch.Generator(device="cuda").manual_seed(0)
             x = torch.randint(0, vocab, (bs, seq), device="cuda", generator=g)
             batch = {"input_ids": x, "labels": x}
@@ -137,7 +158,7 @@ def speed(args) -> None:
             for _ in range(args.warm + args.steps):
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                step(model, opt, batch)
+                step(model, opt, batch, plan)
                 torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
             med = sorted(times[args.warm:])[len(times[args.warm:]) // 2]
@@ -146,7 +167,7 @@ def speed(args) -> None:
                 peak_alloc_GiB=round(torch.cuda.max_memory_allocated() / 2**30, 2),
                 peak_reserved_GiB=round(torch.cuda.max_memory_reserved() / 2**30, 2))
             if args.profile and k == 0:
-                profile(model, opt, batch, med)
+                profile(model, opt, batch, med, plan)
         except torch.cuda.OutOfMemoryError:
             log("RESULT", mode="speed", model=args.model, recipe=args.recipe, seq=seq, bs=bs, oom=True)
         del opt
@@ -154,18 +175,36 @@ def speed(args) -> None:
         model.zero_grad(set_to_none=True)
 
 
-def profile(model, opt, batch, step_s: float) -> None:
-    """Where one step's GPU time goes: busy fraction and the top kernels."""
+def profile(model, opt, batch, step_s: float, plan) -> None:
+    """Where one step's time goes: the GPU's busy time (union of kernel intervals) over the step,
+    the top kernels, and dynamo's graph / break counts."""
+    from torch._dynamo.utils import counters
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile as tprof
 
     with tprof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        step(model, opt, batch)
         torch.cuda.synchronize()
-    ev = prof.key_averages()
-    total = sum(getattr(e, "self_device_time_total", 0) for e in ev) / 1e6
-    top = sorted(ev, key=lambda e: getattr(e, "self_device_time_total", 0), reverse=True)[:15]
-    log("PROFILE", step_s=round(step_s, 4), gpu_busy_s=round(total, 4), busy_frac=round(total / step_s, 3),
-        top=[(e.key[:70], round(e.self_device_time_total / 1e3, 1), e.count) for e in top])
+        t0 = time.perf_counter()
+        step(model, opt, batch, plan)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    spans = sorted((e.time_range.start, e.time_range.end) for e in kernels)
+    busy, end = 0.0, -1.0
+    for a, b in spans:
+        if b > end:
+            busy += b - max(a, end)
+            end = b
+    by_name: dict = {}
+    for e in kernels:
+        t, n = by_name.get(e.name, (0.0, 0))
+        by_name[e.name] = (t + e.time_range.elapsed_us(), n + 1)
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:20]
+    log("PROFILE", step_s=round(step_s, 4), profiled_step_s=round(wall, 4), kernels=len(kernels),
+        gpu_busy_s=round(busy / 1e6, 4), busy_frac=round(busy / 1e6 / wall, 3),
+        dynamo={k: dict(v) for k, v in counters.items() if k in ("stats", "graph_break")},
+        cudagraph_skips=dict(counters.get("inductor", {})).get("cudagraph_skips", 0),
+        top=[(k[:80], round(t / 1e3, 1), n) for k, (t, n) in top])
 
 
 def loss(args) -> None:
@@ -174,8 +213,8 @@ def loss(args) -> None:
     Data: rows that repeat a random 64-token motif drawn from 100 token ids, so a LoRA on a random
     base has something to learn (unigram floor ln(100) = 4.6); the same rows for every recipe.
     The random base is made once per call: compare curves from the same call only."""
-    model, _ = load(args.model, args.recipe, seed=0)
-    opt = optimizer(model, args.recipe)
+    model, plan = load(args.model, args.recipe, seed=0)
+    opt = optimizer(model, plan)
     for g in opt.param_groups:
         g["lr"] = args.lr
     gen = torch.Generator().manual_seed(1234)
@@ -183,7 +222,7 @@ def loss(args) -> None:
     for i in range(args.steps):
         motif = torch.randint(0, 100, (args.bs, 64), generator=gen)
         x = motif.repeat(1, args.seq // 64).cuda()
-        losses.append(float(step(model, opt, {"input_ids": x, "labels": x}).detach()))
+        losses.append(float(step(model, opt, {"input_ids": x, "labels": x}, plan).detach()))
     log("RESULT", mode="loss", model=args.model, recipe=args.recipe, seq=args.seq, bs=args.bs, lr=args.lr,
         losses=[round(v, 5) for v in losses])
 
@@ -193,8 +232,8 @@ def pack(args) -> None:
     of the same examples both ways (fixed weights)."""
     from appliance.packing import collate, pack as pack_rows
 
-    model, _ = load(args.model, args.recipe)
-    opt = optimizer(model, args.recipe)
+    model, plan = load(args.model, args.recipe)
+    opt = optimizer(model, plan)
     vocab = SHAPES[args.model]["vocab_size"]
     gen = torch.Generator().manual_seed(7)
     lengths = torch.exp(torch.randn(args.examples, generator=gen) * 1.0 + math.log(args.median))
@@ -204,9 +243,11 @@ def pack(args) -> None:
         ids = torch.randint(0, vocab, (n,), generator=gen).tolist()
         examples.append({"input_ids": ids, "labels": list(ids)})
     real = sum(lengths)
-    padded = [collate(examples[i:i + args.bs], 0, packing=False) for i in range(0, len(examples), args.bs)]
+    m = plan.pad_to_multiple  # the trainer's widths (CUDA graphs: few distinct shapes)
+    padded = [collate(examples[i:i + args.bs], 0, packing=False, pad_to_multiple=m) for i in range(0, len(examples), args.bs)]
     rows = pack_rows(examples, args.seq)
-    packed = [collate(rows[i:i + args.bs], 0, packing=True, four_d_mask=False) for i in range(0, len(rows), args.bs)]
+    packed = [collate(rows[i:i + args.bs], 0, packing=True, four_d_mask=False, pad_to_multiple=m)
+              for i in range(0, len(rows), args.bs)]
     result = {"mode": "pack", "recipe": args.recipe, "examples": len(examples), "real_tokens": real,
               "median_len": sorted(lengths)[len(lengths) // 2], "max_len": max(lengths), "bs": args.bs,
               "padded_batches": len(padded), "packed_batches": len(packed)}
@@ -222,13 +263,14 @@ def pack(args) -> None:
     for name, batches in on_gpu.items():
         torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        for b in batches:  # warm-up pass: compiles every shape this mode will see
-            step(model, opt, b)
+        for _ in range(args.warm_passes):  # compile every shape, then record its CUDA graph
+            for b in batches:
+                step(model, opt, b, plan)
         torch.cuda.synchronize()
-        result[name + "_warmup_pass_s"] = round(time.perf_counter() - t0, 1)
+        result[name + "_warmup_passes_s"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
         for b in batches:
-            step(model, opt, b)
+            step(model, opt, b, plan)
         torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         result[name + "_tok_per_s"] = round(real / dt)
@@ -253,6 +295,7 @@ def main() -> None:
     p.add_argument("--examples", type=int, default=128)
     p.add_argument("--median", type=int, default=300)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--warm-passes", type=int, default=2, help="pack: untimed passes before the timed one")
     args = p.parse_args()
     import transformers, peft  # noqa: E401
 
