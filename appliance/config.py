@@ -183,6 +183,8 @@ def _coerce(value: Any, tp: Any) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0])
     if origin is Literal:
+        if isinstance(value, bool) and ("on" if value else "off") in args:
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if value not in args:
             raise ValueError(f"{value!r} is not one of {', '.join(map(str, args))}")
         return value

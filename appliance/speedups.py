@@ -94,16 +94,28 @@ def liger_available() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None and importlib.util.find_spec("triton") is not None
 
 
-def choose(cfg, device: str, quantized: bool) -> SpeedPlan:
-    """Decide the speed-ups for `cfg` on `device` ('cuda' / 'cpu' / 'mps'); no side effects."""
+def choose(cfg, device: str, quantized: bool, processes: int = 1) -> SpeedPlan:
+    """Decide the speed-ups for `cfg` on `device` ('cuda' / 'cpu' / 'mps') and `processes`
+    training processes (FSDP when > 1); no side effects."""
     kernels = getattr(cfg, "kernels", "auto")
     ckpt = {"on": True, "off": False}.get(getattr(cfg, "gradient_checkpointing", "auto"), device == "cuda")
     plan = SpeedPlan(device=device, quantized=quantized, gradient_checkpointing=ckpt)
     if kernels == "off":
-        plan.upcast_fp32 = quantized  # the plain transformers + peft QLoRA recipe
+        # the plain transformers + peft QLoRA recipe; FSDP cannot flatten the fp32-upcast norms
+        # next to bf16 weights in one unit ("Must flatten tensors with uniform dtype"), so not there
+        plan.upcast_fp32 = quantized and processes == 1
         plan.notes.append("kernels: off -> plain transformers + peft path")
         return plan
     if device != "cuda":
+        return plan
+    if processes > 1:
+        # FSDP: LoRA weights live in their own FSDP units, gathered only when peft calls those
+        # modules (the fused LoRA path reads them directly: illegal memory access, seen on 2 H200);
+        # compiled layers and CUDA graphs are not verified under FSDP
+        plan.notes.append(f"{processes} processes (FSDP): peft's LoRA forward, no compiled layers or CUDA graphs")
+        if liger_available():
+            plan.fused_loss = plan.fused_kernels = True
+            plan.loss_chunk_tokens = 1024
         return plan
     plan.fused_lora = True
     plan.compile_layers = os.environ.get("APPLIANCE_COMPILE", "1") != "0"

@@ -45,7 +45,7 @@ from pathlib import Path
 
 from appliance import checkpoint, data, distributed, speedups
 from appliance.config import TrainConfig, describe, load, to_dict
-from appliance.errors import ConfigError, RunNotFoundError
+from appliance.errors import ArtifactError, ConfigError, RunNotFoundError
 from appliance.loading import load_base, load_tokenizer, pick_dtype, pick_method
 from appliance.models import EMBEDDED_PREFIX, folder_digest, resolve_model
 from appliance.trainlog import TrainLog
@@ -148,7 +148,7 @@ class Recipe:
         self._setup_data()
 
         model_type = json.loads((self.base_path / "config.json").read_text()).get("model_type", "")
-        self.plan = speedups.choose(cfg, self.device, quantized=self.method == "qlora")
+        self.plan = speedups.choose(cfg, self.device, quantized=self.method == "qlora", processes=acc.num_processes)
         speedups.before_load(self.plan, model_type)
         device_map = f"{self.device}:{acc.local_process_index}" if self.device == "cuda" else None
         model = load_base(self.base_path, self.method, self.dtype, device_map)
@@ -157,11 +157,16 @@ class Recipe:
         model = self._add_lora(model)
         model.train()  # never eval mode: see the module docstring (NF4 on CPU)
 
+        fsdp = distributed.fsdp_prepare(acc, model)  # peft's FSDP wrap policy; False on one process
+        if fsdp:  # FSDP replaces the parameters by flat shards: the optimizer must see those, so wrap first
+            model = acc.prepare(model)
         self.optimizer = self._make_optimizer(model)
         self.total_steps = self._total_steps()
         self.scheduler = self._make_scheduler()
-        distributed.fsdp_prepare(acc, model)  # peft's FSDP wrap policy; a no-op on one process
-        self.model, self.optimizer = acc.prepare(model, self.optimizer)
+        if fsdp:
+            self.model, self.optimizer = model, acc.prepare(self.optimizer)
+        else:
+            self.model, self.optimizer = acc.prepare(model, self.optimizer)
 
         ckpt = checkpoint.latest(self.run_dir) if resume else None
         if ckpt is not None:
@@ -398,7 +403,9 @@ class Recipe:
         weights = acc.get_state_dict(self.model)
         if self.main:
             with atomic_dir(self.run_dir / "adapter", overwrite=True) as tmp:
-                acc.unwrap_model(self.model).save_pretrained(tmp, state_dict=weights)
+                model = acc.unwrap_model(self.model)
+                model.save_pretrained(tmp, state_dict=weights)
+                check_adapter_complete(tmp, model)  # never publish an adapter that loads as the base
                 self.tokenizer.save_pretrained(tmp)
             self.log.plot()
         self._write_run_json(status="completed", finished=_now())
@@ -478,3 +485,20 @@ def _versions() -> dict:
         except PackageNotFoundError:
             out[pkg] = None
     return out
+
+
+def check_adapter_complete(folder: Path, model) -> None:
+    """The saved adapter holds lora_A and lora_B for every LoRA module of `model`; otherwise peft
+    would load it with "missing adapter keys" and silently give the base model back."""
+    from peft.tuners.lora import LoraLayer
+    from safetensors import safe_open
+
+    expected = sum(2 for m in model.modules() if isinstance(m, LoraLayer) and m.lora_A)
+    with safe_open(str(Path(folder) / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    lora = [k for k in keys if ".lora_A." in k or ".lora_B." in k]
+    wrapped = [k for k in keys if "_fsdp_wrapped_module" in k or "_flat_param" in k]
+    if len(lora) != expected or wrapped:
+        raise ArtifactError(f"the adapter being saved has {len(lora)} LoRA weights where the model has {expected}"
+                            + (f" (wrapper names such as {wrapped[0]!r})" if wrapped else ""),
+                            "nothing was written to adapter/; report this with run.json (distributed settings)")

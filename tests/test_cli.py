@@ -62,6 +62,13 @@ def test_config_layers_defaults_file_overrides(tmp_path):
     assert (cfg.lr, cfg.batch_size, cfg.packing) == (0.001, 2, True)
     assert config.load(config.TrainConfig, None, ["lr=1e-4"]).lr == 1e-4  # YAML reads 1e-4 as a string
     assert config.load(config.ExportConfig, f).formats == ["awq"]
+    # YAML 1.1 reads bare on/off as booleans: the on/off choices still take them, in --set and files
+    cfg = config.load(config.TrainConfig, None, ["kernels=off", "gradient_checkpointing=on"])
+    assert (cfg.kernels, cfg.gradient_checkpointing) == ("off", "on")
+    f.write_text("train:\n  gradient_checkpointing: off\n")
+    assert config.load(config.TrainConfig, f).gradient_checkpointing == "off"
+    with pytest.raises(ConfigError, match="kernels"):
+        config.load(config.TrainConfig, None, ["kernels=on"])
     with pytest.raises(ConfigError, match="lr: must be > 0"):
         config.load(config.TrainConfig, None, ["lr=0"])
 

@@ -251,6 +251,12 @@ def test_choose_plans(monkeypatch):
     assert gpu.checkpoint_in_graph and gpu.cuda_graphs and gpu.pad_to_multiple == 128
     assert gpu.optimizer == "adamw_fused" and gpu.loss_chunk_tokens == (1024 if gpu.fused_loss else 0)
     assert not (cpu.cuda_graphs or cpu.checkpoint_in_graph or plain.cuda_graphs) and cpu.pad_to_multiple == 1
+    # FSDP (seen on 2 H200): LoRA weights are gathered only when peft calls their modules, and
+    # fp32-upcast norms cannot be flattened beside bf16 weights
+    fsdp = speedups.choose(TrainConfig(), "cuda", quantized=True, processes=2)
+    assert not (fsdp.fused_lora or fsdp.compile_layers or fsdp.cuda_graphs or fsdp.upcast_fp32)
+    assert "FSDP" in fsdp.describe()
+    assert not speedups.choose(TrainConfig(kernels="off"), "cuda", quantized=True, processes=2).upcast_fp32
     monkeypatch.setenv("APPLIANCE_CUDA_GRAPHS", "0")
     no_graphs = speedups.choose(TrainConfig(), "cuda", quantized=True)
     assert no_graphs.compile_layers and not no_graphs.cuda_graphs and no_graphs.pad_to_multiple == 1

@@ -105,6 +105,31 @@ def test_run_dir_complete_with_provenance(trained, tiny):
     assert yaml.safe_load((run_dir / "run.yaml").read_text())["lr"] == trained["cfg"].lr
 
 
+def test_incomplete_adapter_is_refused(trained, tiny, tmp_path):
+    """A saved adapter missing LoRA weights (as a broken distributed save would write) is an error:
+    peft would load it with "missing adapter keys" and give the base model back."""
+    from peft import PeftModel
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from appliance.errors import ArtifactError
+    from appliance.train import check_adapter_complete
+
+    adapter = trained["run_dir"] / "adapter"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny["model"]), adapter)
+    check_adapter_complete(adapter, model)  # the trained run's own adapter is complete
+    weights = load_file(adapter / "adapter_model.safetensors")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    save_file({k: v for k, v in weights.items() if "layers.0." not in k}, broken / "adapter_model.safetensors")
+    with pytest.raises(ArtifactError, match="LoRA weights where the model has"):
+        check_adapter_complete(broken, model)
+    save_file({k.replace("layers.0.", "layers.0._fsdp_wrapped_module."): v for k, v in weights.items()},
+              broken / "adapter_model.safetensors")
+    with pytest.raises(ArtifactError, match="wrapper names"):
+        check_adapter_complete(broken, model)
+
+
 def test_keep_last_prunes_old_checkpoints(trained):
     ckpts = sorted(p.name for p in (trained["run_dir"] / "checkpoints").iterdir())
     assert ckpts == ["checkpoint-6", "checkpoint-8"]
