@@ -1,13 +1,8 @@
 # 2-GPU FSDP + QLoRA run of a random-init Qwen2.5-7B-shaped model through `appliance train --gpus 2`
 # (the shipped accelerate config), per-GPU memory sampled by nvidia-smi, then `appliance merge` of
 # the adapter it saved. run on nvidia-h200-x2: bash bench/multi_gpu/call1.sh 2>&1 | tee $OUT/call1.log
-# (carry .whl and .gpu: .gpu/tok holds the SmolLM2 tokenizer files, ids < the model's vocab)
-source bench/qlora_speed/gpu_prelude.sh
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-python3 -c "import sys; sys.path.insert(0, 'bench/qlora_speed'); import bench; bench.ensure_model('qwen7b')" 2>&1 | grep -v Writing
-cp .gpu/tok/* /tmp/q7/
-nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > $OUT/gpu_mem.csv &
-SMI=$!
+# (carry .whl and .gpu)
+source bench/multi_gpu/prelude.sh
 timeout 330 python3 -m appliance.cli train --home /tmp/ws --model /tmp/q7 --gpus 2 --packing --max-steps 12 \
   --run-name q7-fsdp --set batch_size=2 --set max_seq_len=2048 --set save_every=6 --set lr=1e-4 2>&1 \
   | grep -v "Loading weights\|Warning\|warn(" | tail -40

@@ -1,11 +1,6 @@
 # Diagnose the 2-GPU failure: the plain recipe (kernels: off) first, then the default plan with
 # CUDA_LAUNCH_BLOCKING=1 for the exact failing call. run: bash bench/multi_gpu/call2.sh 2>&1 | tee $OUT/call2.log
-source bench/qlora_speed/gpu_prelude.sh
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-[ -f /tmp/q7/config.json ] || python3 -c "import sys; sys.path.insert(0, 'bench/qlora_speed'); import bench; bench.ensure_model('qwen7b')"
-cp .gpu/tok/* /tmp/q7/
-nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > $OUT/gpu_mem.csv &
-SMI=$!
+source bench/multi_gpu/prelude.sh
 timeout 200 python3 -m appliance.cli train --home /tmp/ws2 --model /tmp/q7 --gpus 2 --packing --max-steps 8 \
   --run-name q7-off --set kernels=off --set batch_size=2 --set max_seq_len=2048 --set save_every=4 2>&1 \
   | grep -v "Loading weights\|Warning\|warn(" | grep -i "error\|step\|done\|optimizer\|speed\|Traceback\|  File" | head -30

@@ -1,14 +1,9 @@
 # 2-GPU FSDP + QLoRA, Qwen2.5-7B shape: the plain recipe (kernels=off) with per-GPU memory, tokens/s
 # and merge; then the default plan with CUDA_LAUNCH_BLOCKING=1 and its full log (it failed in call 1).
 # run on nvidia-h200-x2: bash bench/multi_gpu/call3.sh 2>&1 | tee $OUT/call3.log   (carry .whl, .gpu)
-source bench/qlora_speed/gpu_prelude.sh
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-[ -f /tmp/q7/config.json ] || python3 -c "import sys; sys.path.insert(0, 'bench/qlora_speed'); import bench; bench.ensure_model('qwen7b')" 2>&1 | grep -v Writing
-cp .gpu/tok/* /tmp/q7/
-nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > $OUT/gpu_mem.csv &
-SMI=$!
-timeout 180 python3 -m appliance.cli train --home /tmp/ws2 --model /tmp/q7 --gpus 2 --packing --max-steps 6 \
-  --run-name q7-off --set kernels=off --set batch_size=2 --set max_seq_len=2048 --set save_every=3 > $OUT/off.log 2>&1
+source bench/multi_gpu/prelude.sh
+timeout 180 python3 -m appliance.cli train --home /tmp/ws2 --model /tmp/q7 --gpus 2 --packing --max-steps 8 \
+  --run-name q7-off --set kernels=off --set batch_size=2 --set max_seq_len=2048 --set save_every=4 > $OUT/off.log 2>&1
 echo "off rc $?"; kill $SMI
 grep -v "Loading weights" $OUT/off.log | grep -i "error\|step \|done\|optimizer\|speed-ups\|launching" | cut -c1-300 | head -20
 python3 bench/multi_gpu/summarise.py $OUT/gpu_mem.csv /tmp/ws2/runs/q7-off/metrics.jsonl

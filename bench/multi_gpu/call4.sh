@@ -1,12 +1,7 @@
 # 2-GPU FSDP + QLoRA after the fix (multi-process plan: peft's LoRA forward, no fp32 upcast):
 # the default plan, per-GPU memory, tokens/s, checkpoint save, then merge of the saved adapter.
 # run on nvidia-h200-x2: bash bench/multi_gpu/call4.sh 2>&1 | tee $OUT/call4.log   (carry .whl, .gpu)
-source bench/qlora_speed/gpu_prelude.sh
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-[ -f /tmp/q7/config.json ] || python3 -c "import sys; sys.path.insert(0, 'bench/qlora_speed'); import bench; bench.ensure_model('qwen7b')" 2>&1 | grep -v Writing
-cp .gpu/tok/* /tmp/q7/
-nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > $OUT/gpu_mem.csv &
-SMI=$!
+source bench/multi_gpu/prelude.sh
 timeout 170 python3 -m appliance.cli train --home /tmp/ws4 --model /tmp/q7 --gpus 2 --packing --max-steps 8 \
   --run-name q7-fsdp --set batch_size=2 --set max_seq_len=2048 --set save_every=4 > $OUT/train.log 2>&1
 echo "train rc $?"; kill $SMI
