@@ -9,19 +9,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from train_fixtures import tiny_run
+from train_fixtures import module_workspace, trained_tiny_run
 
 
 @pytest.fixture(scope="module")
 def cws(tmp_path_factory):
-    from appliance.workspace import Workspace
-
-    return Workspace.open(tmp_path_factory.mktemp("chat-ws"))
+    return module_workspace(tmp_path_factory, "chat-ws")
 
 
 @pytest.fixture(scope="module")
 def run_dir(cws, base_model, tmp_path_factory):
-    return tiny_run(cws, base_model, tmp_path_factory.mktemp("chat-tiny"), "tiny-chat")
+    return trained_tiny_run(cws, base_model, tmp_path_factory, "tiny-chat")
 
 
 def test_one_shot_prompt_uses_the_adapter_and_template(cws, run_dir, capsys):

@@ -6,19 +6,17 @@ import json
 
 import pytest
 
-from train_fixtures import tiny_run
+from train_fixtures import module_workspace, trained_tiny_run
 
 
 @pytest.fixture(scope="module")
 def mws(tmp_path_factory):
-    from appliance.workspace import Workspace
-
-    return Workspace.open(tmp_path_factory.mktemp("merge-ws"))
+    return module_workspace(tmp_path_factory, "merge-ws")
 
 
 @pytest.fixture(scope="module")
 def run_dir(mws, base_model, tmp_path_factory):
-    return tiny_run(mws, base_model, tmp_path_factory.mktemp("merge-tiny"), "tiny-merge")
+    return trained_tiny_run(mws, base_model, tmp_path_factory, "tiny-merge")
 
 
 @pytest.fixture(scope="module")

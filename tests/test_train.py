@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from train_fixtures import make_tiny_llama, small_dataset, tiny_train_config
+from train_fixtures import make_tiny_llama, module_workspace, small_dataset, tiny_train_config
 
 # The embedded model learns the sample task fast on CPU: at 30 steps (batch 8, ~75 s on 2 cores) the
 # training loss is ~0.01; the base scores 0% on the held-out split (measured 2026-11: demo, 120 steps: 97.5%).
@@ -32,10 +32,7 @@ def tiny(base_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tws(tmp_path_factory):
-    """A fresh workspace for this module's runs (run names are fixed, so never reuse one)."""
-    from appliance.workspace import Workspace
-
-    return Workspace.open(tmp_path_factory.mktemp("train-ws"))
+    return module_workspace(tmp_path_factory, "train-ws")
 
 
 @pytest.fixture(scope="module")

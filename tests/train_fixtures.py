@@ -30,6 +30,18 @@ def make_tiny_llama(tokenizer_src: Path, out: Path, seed: int = 0) -> Path:
     return out
 
 
+def module_workspace(tmp_path_factory, name: str):
+    """A fresh workspace for one test module (its runs have fixed names, so never share one)."""
+    from appliance.workspace import Workspace
+
+    return Workspace.open(tmp_path_factory.mktemp(name))
+
+
+def trained_tiny_run(ws, tokenizer_src: Path, tmp_path_factory, run_name: str) -> Path:
+    """A module's finished tiny run (see tiny_run), trained in its own temporary folder."""
+    return tiny_run(ws, tokenizer_src, tmp_path_factory.mktemp(run_name), run_name)
+
+
 def small_dataset(out: Path, n: int = 24) -> Path:
     """The first `n` rows of the bundled sample (a real, repetitive task: loss falls quickly)."""
     src = data.resolve_dataset("sample")
