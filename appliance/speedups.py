@@ -8,6 +8,7 @@ The trainer calls, in order:
     print(plan.describe())
     kind = pick_optimizer(plan, n_trainable)   # what `optimizer: auto` means here
     prepare_grads(params, plan)            # then, per micro-batch: step_begin(plan); forward; backward
+    zero_grad(optimizer, plan)             # after each optimizer step
 
 What a CUDA plan turns on (each measured in bench/results/qlora_speed.md):
 
@@ -174,6 +175,11 @@ def prepare_grads(params, plan: SpeedPlan) -> None:
     for p in params:
         if p.requires_grad and p.grad is None:
             p.grad = torch.zeros_like(p)
+
+
+def zero_grad(optimizer, plan: SpeedPlan) -> None:
+    """After each optimizer step: CUDA graphs keep the buffers of `prepare_grads` (zeroed in place)."""
+    optimizer.zero_grad(set_to_none=not plan.cuda_graphs)
 
 
 def step_begin(plan: SpeedPlan) -> None:

@@ -322,7 +322,7 @@ class Recipe:
             grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
             self.optimizer.step()
             self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=not self.plan.cuda_graphs)  # CUDA graphs: stable buffers
+            speedups.zero_grad(self.optimizer, self.plan)
             p.step += 1
             p.tokens += int(acc.reduce(torch.tensor(step_tokens, device=acc.device), "sum"))
             loss = float(acc.reduce(step_loss, "sum"))

@@ -274,6 +274,13 @@ def test_optimizer_auto_and_stable_grads():
     assert params[0].grad is None
     speedups.prepare_grads(params, speedups.SpeedPlan(device="cuda", cuda_graphs=True))
     assert torch.equal(params[0].grad, torch.zeros(3)) and params[1].grad is None
+    buffer = params[0].grad
+    buffer += 1
+    opt = torch.optim.SGD(params[:1], lr=0.1)
+    speedups.zero_grad(opt, speedups.SpeedPlan(device="cuda", cuda_graphs=True))
+    assert params[0].grad is buffer and not buffer.any()  # same buffer, zeroed in place
+    speedups.zero_grad(opt, speedups.SpeedPlan(device="cpu"))
+    assert params[0].grad is None
 
 
 def test_unsupported_model_type_turns_fused_kernels_off():

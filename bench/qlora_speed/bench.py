@@ -69,7 +69,6 @@ def ensure_model(name: str) -> str:
 
 FLAGS = {  # recipe modifiers: ours+adamw+chunk ... (each one SpeedPlan change)
     "adamw": dict(optimizer="adamw_fused"), "paged": dict(optimizer="paged_adamw_8bit"),
-    "pad": dict(pad_to_multiple=128),
     "chunk": dict(loss_chunk_tokens=1024), "nochunk": dict(loss_chunk_tokens=0),
     "ckg": dict(checkpoint_in_graph=True), "nockg": dict(checkpoint_in_graph=False),
     "cg": dict(cuda_graphs=True), "nocg": dict(cuda_graphs=False),
@@ -136,7 +135,7 @@ def step(model, opt, batch, plan) -> float:
     out = model(**batch)
     out.loss.backward()
     opt.step()
-    opt.zero_grad(set_to_none=not plan.cuda_graphs)
+    speedups.zero_grad(opt, plan)
     return out.loss
 
 
